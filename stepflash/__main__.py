@@ -1,0 +1,3 @@
+from stepflash.cli import app
+
+app()

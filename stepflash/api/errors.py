@@ -1,0 +1,106 @@
+"""Every failure becomes an error in the caller's protocol, with the right status.
+
+Validation errors from request parsing are 400s that name the field; a body over the size
+limit is a 413 before it is read into memory; anything unexpected is logged and returned as a
+500 in the same envelope, never as a bare stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stepflash.core.errors import ErrorKind, StepflashError, invalid
+from stepflash.protocol import openai
+
+log = logging.getLogger(__name__)
+
+
+def error_response(error: StepflashError) -> JSONResponse:
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    return JSONResponse(openai.error_body(error), status_code=error.status, headers=headers)
+
+
+def _describe(errors: list[dict]) -> tuple[str, str | None]:
+    """The first validation problem as a sentence and the dotted path of the field at fault."""
+    first = errors[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return f"the request body is not valid JSON: {first.get('msg')}", None
+    if not location:
+        return f"the request body is invalid: {first.get('msg')}", None
+    param = ".".join(location)
+    return f"invalid value for {param}: {first.get('msg')}", param
+
+
+async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    message, param = _describe(list(exc.errors()))
+    return error_response(invalid(message, param))
+
+
+async def _on_stepflash_error(request: Request, exc: StepflashError) -> JSONResponse:
+    return error_response(exc)
+
+
+async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    kind = {404: ErrorKind.NOT_FOUND, 413: ErrorKind.PAYLOAD_TOO_LARGE}.get(exc.status_code)
+    if kind is None:
+        kind = ErrorKind.INVALID_REQUEST if exc.status_code < 500 else ErrorKind.INTERNAL
+    response = error_response(StepflashError(kind, str(exc.detail)))
+    response.status_code = exc.status_code
+    return response
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(StepflashError(ErrorKind.INTERNAL, "internal error; see the server log"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _on_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StepflashError, _on_stepflash_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _on_http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+class BodySizeLimit:
+    """Refuse bodies over `max_bytes` with a 413, checking Content-Length and the bytes received."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> StepflashError:
+        return StepflashError(
+            ErrorKind.PAYLOAD_TOO_LARGE,
+            f"the request body exceeds the limit of {self.max_bytes} bytes",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await error_response(self._too_large())(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # An HTTPException passes through the body parser to our handler above.
+                    raise HTTPException(413, self._too_large().message)
+            return message
+
+        await self.app(scope, counting_receive, send)

@@ -1,0 +1,130 @@
+"""The canonical chat request: what every protocol decodes into and every engine consumes.
+
+Protocols (OpenAI, Anthropic) differ in spelling; the meaning is the same. Keeping one
+request type means engines, limits and billing are written once, whatever the caller spoke.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Role(StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class Effort(StrEnum):
+    """Reasoning level. Step 3.7 reads it from the system turn; emulated on other models."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    text: str
+
+
+Part = TextPart
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the assistant made; `arguments` is the JSON text of an object."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    parts: tuple[Part, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+    reasoning: str | None = None
+
+    @property
+    def text(self) -> str:
+        """All text parts joined: what a text-only template writes for this message."""
+        return "".join(part.text for part in self.parts if isinstance(part, TextPart))
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ToolChoiceMode(StrEnum):
+    AUTO = "auto"
+    NONE = "none"
+    REQUIRED = "required"
+    NAMED = "named"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    mode: ToolChoiceMode = ToolChoiceMode.AUTO
+    name: str | None = None
+
+    @property
+    def forces_call(self) -> bool:
+        return self.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED)
+
+
+class ResponseFormatType(StrEnum):
+    TEXT = "text"
+    JSON_OBJECT = "json_object"
+    JSON_SCHEMA = "json_schema"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    type: ResponseFormatType = ResponseFormatType.TEXT
+    schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    temperature: float = 0.5
+    top_p: float = 0.9
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat request, protocol-free. `max_tokens` counts reasoning and answer together."""
+
+    model: str
+    messages: tuple[Message, ...]
+    max_tokens: int | None = None
+    n: int = 1
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = ToolChoice()
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat = ResponseFormat()
+    effort: Effort = Effort.MEDIUM
+    sampling: Sampling = Sampling()
+
+    def tool(self, name: str) -> Tool | None:
+        return next((tool for tool in self.tools if tool.name == name), None)
+
+    @property
+    def offered_tools(self) -> tuple[Tool, ...]:
+        """Tools the model may call in this turn (none when the caller said `none`)."""
+        if self.tool_choice.mode is ToolChoiceMode.NONE:
+            return ()
+        if self.tool_choice.mode is ToolChoiceMode.NAMED:
+            return tuple(tool for tool in self.tools if tool.name == self.tool_choice.name)
+        return self.tools

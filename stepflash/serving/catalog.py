@@ -1,0 +1,65 @@
+"""Which public model names are served, by which engine, and whether that is a stand-in.
+
+A stand-in is honest about itself: when `step-3.7-flash` is answered by the embedded Qwen
+model, the catalog says so, and so do `/v1/models`, the response headers and the startup log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stepflash.core.errors import ErrorKind, StepflashError
+from stepflash.engines.base import Engine
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    id: str
+    engine: Engine
+    stand_in_for: str | None = None
+
+    @property
+    def backend(self) -> str:
+        """`kind/model`, e.g. `embedded/qwen2.5-coder-1.5b-instruct-q4_k_m`."""
+        return f"{self.engine.kind}/{self.engine.model_name}"
+
+    @property
+    def note(self) -> str:
+        if self.stand_in_for:
+            return (
+                f"stand-in: {self.stand_in_for} is answered by {self.backend}, "
+                f"not by the real {self.stand_in_for}"
+            )
+        return f"served by {self.backend}"
+
+
+class ModelCatalog:
+    def __init__(self, models: list[ServedModel]) -> None:
+        self._models = {model.id: model for model in models}
+
+    def get(self, name: str) -> ServedModel:
+        model = self._models.get(name)
+        if model is None:
+            available = ", ".join(self._models)
+            raise StepflashError(
+                ErrorKind.NOT_FOUND,
+                f"the model {name!r} does not exist; available models: {available}",
+                param="model",
+                code="model_not_found",
+            )
+        return model
+
+    def all(self) -> list[ServedModel]:
+        return list(self._models.values())
+
+    def engines(self) -> list[Engine]:
+        unique = {id(model.engine): model.engine for model in self._models.values()}
+        return list(unique.values())
+
+
+def embedded_catalog(engine: Engine, served_as: list[str]) -> ModelCatalog:
+    """The embedded model under its own name, and as a stand-in for each configured name."""
+    models = [ServedModel(name, engine, stand_in_for=name) for name in served_as]
+    if engine.model_name not in served_as:
+        models.append(ServedModel(engine.model_name, engine))
+    return ModelCatalog(models)

@@ -1,0 +1,59 @@
+"""The chat pipeline between protocol decoders and encoders: model lookup, checks, engine.
+
+`open_stream` pulls the first event before returning, so anything that fails before output
+(unknown model, context overflow, a full queue) is raised while the caller can still get a
+real HTTP status instead of an error buried in a 200 stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from stepflash.config import LimitSettings
+from stepflash.core.events import Event
+from stepflash.core.request import ChatRequest
+from stepflash.serving.catalog import ModelCatalog, ServedModel
+from stepflash.serving.validation import validate
+
+
+@dataclass(slots=True)
+class OpenedStream:
+    """An engine stream whose first event has already arrived."""
+
+    model: ServedModel
+    _first: Event | None
+    _rest: AsyncIterator[Event]
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        try:
+            if self._first is not None:
+                yield self._first
+            async for event in self._rest:
+                yield event
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        close = getattr(self._rest, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class ChatService:
+    def __init__(self, catalog: ModelCatalog, limits: LimitSettings) -> None:
+        self.catalog = catalog
+        self._limits = limits
+
+    async def open_stream(self, request: ChatRequest) -> OpenedStream:
+        model = self.catalog.get(request.model)
+        validate(request, self._limits)
+        events = model.engine.stream(request)
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await events.aclose()
+            raise
+        return OpenedStream(model, first, events)

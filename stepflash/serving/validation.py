@@ -1,0 +1,59 @@
+"""Checks on a canonical request that hold whatever protocol it arrived in."""
+
+from __future__ import annotations
+
+from stepflash.config import LimitSettings
+from stepflash.core.errors import invalid
+from stepflash.core.request import ChatRequest, Role, ToolChoiceMode
+
+
+def validate(request: ChatRequest, limits: LimitSettings) -> None:
+    """Raise a 400 that says what to fix, or return if the request can be served."""
+    if not request.messages:
+        raise invalid("messages must contain at least one message", "messages")
+    if len(request.messages) > limits.max_messages:
+        raise invalid(f"at most {limits.max_messages} messages are allowed", "messages")
+    if not 1 <= request.n <= limits.max_n:
+        raise invalid(f"n must be between 1 and {limits.max_n}", "n")
+    if len(request.tools) > limits.max_tools:
+        raise invalid(f"at most {limits.max_tools} tools are allowed", "tools")
+    names = [tool.name for tool in request.tools]
+    if len(set(names)) != len(names):
+        raise invalid("tool names must be unique", "tools")
+    _validate_tool_choice(request)
+    _validate_stop(request, limits)
+    _validate_tool_results(request)
+    if all(message.role is Role.SYSTEM for message in request.messages):
+        raise invalid("messages must contain at least one non-system message", "messages")
+
+
+def _validate_tool_choice(request: ChatRequest) -> None:
+    choice = request.tool_choice
+    if choice.mode is ToolChoiceMode.REQUIRED and not request.tools:
+        raise invalid("tool_choice is 'required' but no tools were given", "tool_choice")
+    if choice.mode is ToolChoiceMode.NAMED and request.tool(choice.name or "") is None:
+        raise invalid(f"tool_choice names {choice.name!r}, which is not among the tools", "tool_choice")
+
+
+def _validate_stop(request: ChatRequest, limits: LimitSettings) -> None:
+    stop = request.sampling.stop
+    if len(stop) > limits.max_stop_sequences:
+        raise invalid(f"at most {limits.max_stop_sequences} stop sequences are allowed", "stop")
+    if any(not s or len(s) > limits.max_stop_length for s in stop):
+        raise invalid(f"stop sequences must be 1 to {limits.max_stop_length} characters", "stop")
+
+
+def _validate_tool_results(request: ChatRequest) -> None:
+    """Every tool result must answer a call made earlier in the conversation, exactly once."""
+    open_calls: set[str] = set()
+    for position, message in enumerate(request.messages):
+        if message.role is Role.ASSISTANT:
+            open_calls |= {call.id for call in message.tool_calls}
+        elif message.role is Role.TOOL:
+            if message.tool_call_id not in open_calls:
+                raise invalid(
+                    f"messages[{position}] is a tool result for tool_call_id "
+                    f"{message.tool_call_id!r}, but no earlier assistant message made that call",
+                    f"messages[{position}].tool_call_id",
+                )
+            open_calls.discard(message.tool_call_id)
