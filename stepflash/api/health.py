@@ -20,4 +20,10 @@ async def ready(request: Request) -> JSONResponse:
     chat = getattr(request.app.state, "chat", None)
     if chat is None:
         return JSONResponse({"status": "loading"}, status_code=503)
-    return JSONResponse({"status": "ready", "models": [m.id for m in chat.catalog.all()]})
+    engines = [
+        {"backend": f"{engine.kind}/{engine.model_name}", "busy": engine.busy}
+        for engine in chat.catalog.engines()
+    ]
+    return JSONResponse(
+        {"status": "ready", "models": [m.id for m in chat.catalog.all()], "engines": engines}
+    )

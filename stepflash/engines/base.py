@@ -16,6 +16,11 @@ class Engine(Protocol):
     @property
     def context_length(self) -> int: ...
 
+    @property
+    def busy(self) -> int:
+        """Requests running or queued on this engine."""
+        ...
+
     def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         """Events of all choices, then one `Usage`; request errors raise before the first event."""
         ...

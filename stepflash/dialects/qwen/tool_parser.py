@@ -87,6 +87,7 @@ class QwenToolCallParser:
         self._buffer = ""
         self._scanned = 0
         self._at_call_position = True
+        self._space = ""
         self._calls = 0
         self._depth = 0
         self._in_string = False
@@ -111,12 +112,13 @@ class QwenToolCallParser:
             if calls:
                 self._emit_calls(calls, events)
                 self._buffer = ""
+                self._mode = _Mode.TEXT
         leftover = self._buffer
         if self._mode is _Mode.TAGGED:
             leftover = OPEN_TAG + leftover
-        if leftover and not (self._calls and not leftover.strip()):
-            events.append(TextDelta(leftover, self._index))
-        self._buffer = ""
+        if (leftover or self._space) and not (self._calls and not leftover.strip()):
+            events.append(TextDelta(self._space + leftover, self._index))
+        self._buffer = self._space = ""
         self._mode = _Mode.TEXT
         return events
 
@@ -141,24 +143,27 @@ class QwenToolCallParser:
         return True
 
     def _step_text(self, events: list[Event]) -> bool:
+        if not self._names:
+            self._text(self._buffer, events)
+            self._buffer = ""
+            return False
         if self._at_call_position:
             stripped = self._buffer.lstrip()
+            self._space += self._buffer[: len(self._buffer) - len(stripped)]
+            self._buffer = stripped
             if not stripped:
                 return False
-            leading = len(self._buffer) - len(stripped)
             if stripped[0] in "{[":
-                return self._enter(_Mode.BARE, leading)
+                return self._enter(_Mode.BARE, 0)
             if stripped.startswith(FENCE):
-                return self._enter(_Mode.FENCED, leading)
+                return self._enter(_Mode.FENCED, 0)
             if FENCE.startswith(stripped) or OPEN_TAG.startswith(stripped):
                 return False
             if not stripped.startswith(OPEN_TAG):
                 self._at_call_position = False
         position = self._buffer.find(OPEN_TAG)
         if position >= 0:
-            before = self._buffer[:position]
-            if before.strip() or not self._at_call_position:
-                self._text(before, events)
+            self._text(self._buffer[:position], events)
             return self._enter(_Mode.TAGGED, position + len(OPEN_TAG))
         hold = partial_suffix(self._buffer, OPEN_TAG)
         self._text(self._buffer[: len(self._buffer) - hold], events)
@@ -251,10 +256,13 @@ class QwenToolCallParser:
         return None
 
     def _text(self, text: str, events: list[Event]) -> None:
+        """Emit text, with any whitespace held while a call could still follow."""
         if text:
-            events.append(TextDelta(text, self._index))
+            events.append(TextDelta(self._space + text, self._index))
+            self._space = ""
 
     def _emit_calls(self, calls: list[ParsedCall], events: list[Event]) -> None:
+        self._space = ""  # whitespace around calls is layout, not content
         for name, arguments in calls:
             call_index = self._calls
             self._calls += 1

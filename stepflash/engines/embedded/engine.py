@@ -93,6 +93,10 @@ class EmbeddedEngine:
     def context_length(self) -> int:
         return self._llama.n_ctx()
 
+    @property
+    def busy(self) -> int:
+        return self._worker.outstanding
+
     def tokenize(self, text: str) -> list[int]:
         return self._llama.tokenize(text.encode(), add_bos=True, special=True)
 

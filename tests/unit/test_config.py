@@ -1,0 +1,46 @@
+"""Settings come from TOML, are overridden by STEPFLASH_* variables, and fail clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stepflash.config import ConfigError, load_settings
+
+
+def test_defaults_need_no_file() -> None:
+    settings = load_settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.embedded.model == "default"
+    assert settings.reasoning.budget("low") < settings.reasoning.budget("medium") < settings.reasoning.budget("high")
+    assert settings.limits.max_tools == 128 and settings.limits.max_n == 5
+
+
+def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "stepflash.toml"
+    config.write_text('port = 9000\n[embedded]\nmodel = "small"\nn_ctx = 4096\n')
+    monkeypatch.setenv("STEPFLASH_EMBEDDED__N_CTX", "2048")
+    settings = load_settings(config)
+    assert settings.port == 9000
+    assert settings.embedded.model == "small"
+    assert settings.embedded.n_ctx == 2048
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "stepflash.toml"
+    config.write_text("[embedded]\nmodle = 'tiny'\n")
+    with pytest.raises(ConfigError, match=r"embedded\.modle"):
+        load_settings(config)
+
+
+def test_bad_value_and_bad_syntax(tmp_path: Path) -> None:
+    config = tmp_path / "stepflash.toml"
+    config.write_text("port = 'eighty'\n")
+    with pytest.raises(ConfigError, match="port"):
+        load_settings(config)
+    config.write_text("port = \n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(config)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml")
