@@ -29,7 +29,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         loaded = engine or await asyncio.to_thread(EmbeddedEngine.load, settings)
         catalog = embedded_catalog(loaded, settings.embedded.served_as)
         for model in catalog.all():
-            log.info("serving %s: %s", model.id, model.note)
+            report = log.warning if model.stand_in_for else log.info
+            report("serving %s: %s", model.id, model.note)
         app.state.chat = ChatService(catalog, settings.limits)
         try:
             yield

@@ -41,11 +41,7 @@ def start_server(tmp: Path, model: str, env: dict[str, str] | None = None) -> Li
     """Start `stepflash serve` as a child process and wait until /ready says it is ready."""
     port = free_port()
     log_path = tmp / f"server-{port}.log"
-    environment = {
-        **os.environ,
-        "STEPFLASH_CACHE_DIR": str(Path(os.environ.get("STEPFLASH_TEST_CACHE", tmp / "cache"))),
-        **(env or {}),
-    }
+    environment = {**os.environ, **(env or {})}
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "stepflash", "serve", "--model", model, "--port", str(port),
