@@ -26,7 +26,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = engine or await asyncio.to_thread(EmbeddedEngine.load, settings)
+        loaded: Engine
+        if engine is not None:
+            loaded = engine
+        else:
+            loaded = await asyncio.to_thread(EmbeddedEngine.load, settings)
         catalog = embedded_catalog(loaded, settings.embedded.served_as)
         for model in catalog.all():
             report = log.warning if model.stand_in_for else log.info

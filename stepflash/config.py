@@ -33,7 +33,9 @@ class EmbeddedSettings(_Section):
     n_ctx: int = Field(8192, ge=512, le=131072, description="Context window in tokens.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores.")
     n_batch: int = Field(512, ge=8, le=8192)
-    queue_size: int = Field(16, ge=0, le=10000, description="Requests waiting beyond the running one.")
+    queue_size: int = Field(
+        16, ge=0, le=10000, description="Requests waiting beyond the running one."
+    )
 
 
 class ReasoningSettings(_Section):
@@ -48,7 +50,9 @@ class ReasoningSettings(_Section):
     )
 
     def budget(self, effort: str) -> int:
-        return {"low": self.budget_low, "medium": self.budget_medium, "high": self.budget_high}[effort]
+        return {"low": self.budget_low, "medium": self.budget_medium, "high": self.budget_high}[
+            effort
+        ]
 
 
 class LimitSettings(_Section):
@@ -60,7 +64,9 @@ class LimitSettings(_Section):
     max_n: int = Field(5, ge=1, le=16)
     max_stop_sequences: int = Field(16, ge=0)
     max_stop_length: int = Field(256, ge=1)
-    default_max_tokens: int = Field(4096, ge=1, description="Answer budget when the caller sets none.")
+    default_max_tokens: int = Field(
+        4096, ge=1, description="Answer budget when the caller sets none."
+    )
 
 
 class Settings(BaseSettings):
@@ -74,7 +80,9 @@ class Settings(BaseSettings):
         False, description="Allow binding a non-loopback address without authentication."
     )
     cache_dir: Path = Field(Path.home() / ".cache" / "stepflash")
-    retry_after_seconds: int = Field(2, ge=1, description="Retry-After sent when the queue is full.")
+    retry_after_seconds: int = Field(
+        2, ge=1, description="Retry-After sent when the queue is full."
+    )
     embedded: EmbeddedSettings = EmbeddedSettings()
     reasoning: ReasoningSettings = ReasoningSettings()
     limits: LimitSettings = LimitSettings()

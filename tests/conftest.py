@@ -44,9 +44,21 @@ def start_server(tmp: Path, model: str, env: dict[str, str] | None = None) -> Li
     environment = {**os.environ, **(env or {})}
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "stepflash", "serve", "--model", model, "--port", str(port),
-             "--log-level", "warning"],
-            stdout=log_file, stderr=subprocess.STDOUT, env=environment,
+            [
+                sys.executable,
+                "-m",
+                "stepflash",
+                "serve",
+                "--model",
+                model,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=environment,
         )
     server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + STARTUP_SECONDS

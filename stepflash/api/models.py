@@ -36,5 +36,7 @@ async def list_models(chat: ChatService = Depends(chat_service)) -> dict[str, An
 
 
 @router.get("/v1/models/{model_id:path}")
-async def retrieve_model(model_id: str, chat: ChatService = Depends(chat_service)) -> dict[str, Any]:
+async def retrieve_model(
+    model_id: str, chat: ChatService = Depends(chat_service)
+) -> dict[str, Any]:
     return _entry(chat.catalog.get(model_id))

@@ -15,6 +15,7 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
 
+KEYS = "Enter sends, Alt+Enter for a new line, Ctrl-C stops an answer, Ctrl-D quits."
 COMMANDS = "/reset clears the conversation, /effort low|medium|high changes the level, /exit leaves"
 
 
@@ -48,11 +49,11 @@ def _stream_answer(client: openai.OpenAI, state: ChatState, console: Console) ->
     """Print one streamed answer; return its text (partial if the user pressed Ctrl-C)."""
     answer: list[str] = []
     in_reasoning = False
-    stream = client.chat.completions.create(
+    stream = client.chat.completions.create(  # type: ignore[call-overload]
         model=state.model,
-        messages=state.messages(),  # type: ignore[arg-type]
+        messages=state.messages(),
         stream=True,
-        reasoning_effort=state.effort,  # type: ignore[arg-type]
+        reasoning_effort=state.effort,
         stream_options={"include_usage": True},
     )
     try:
@@ -64,7 +65,9 @@ def _stream_answer(client: openai.OpenAI, state: ChatState, console: Console) ->
                     if not in_reasoning:
                         console.print("thinking: ", style="dim bold", end="")
                         in_reasoning = True
-                    console.print(reasoning, style="dim italic", end="", markup=False, highlight=False)
+                    console.print(
+                        reasoning, style="dim italic", end="", markup=False, highlight=False
+                    )
                 if delta.get("content"):
                     if in_reasoning:
                         console.print("\n")
@@ -88,7 +91,7 @@ def run_chat(url: str, api_key: str, state: ChatState, console: Console | None =
     client = openai.OpenAI(base_url=url.rstrip("/") + "/v1", api_key=api_key, max_retries=0)
     session: PromptSession[str] = PromptSession(multiline=True, key_bindings=_key_bindings())
     console.print(f"[bold]stepflash chat[/bold] with {state.model} at {url}, effort {state.effort}")
-    console.print(f"[dim]Enter sends, Alt+Enter for a new line, Ctrl-C stops an answer, Ctrl-D quits. {COMMANDS}[/dim]")
+    console.print(f"[dim]{KEYS} {COMMANDS}[/dim]")
     while True:
         try:
             text = session.prompt("> ").strip()

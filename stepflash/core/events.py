@@ -86,6 +86,4 @@ class Usage:
         )
 
 
-Event = (
-    ReasoningDelta | TextDelta | ToolCallStart | ToolCallDelta | ToolCallEnd | Finish | Usage
-)
+Event = ReasoningDelta | TextDelta | ToolCallStart | ToolCallDelta | ToolCallEnd | Finish | Usage

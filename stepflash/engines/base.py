@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from stepflash.core.events import Event
@@ -21,7 +21,7 @@ class Engine(Protocol):
         """Requests running or queued on this engine."""
         ...
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+    def stream(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
         """Events of all choices, then one `Usage`; request errors raise before the first event."""
         ...
 

@@ -255,7 +255,9 @@ def _decode_response_format(response_format: Any) -> ResponseFormat:
         case JsonObjectFormat():
             return ResponseFormat(ResponseFormatType.JSON_OBJECT)
         case JsonSchemaFormat():
-            return ResponseFormat(ResponseFormatType.JSON_SCHEMA, response_format.json_schema.schema_)
+            return ResponseFormat(
+                ResponseFormatType.JSON_SCHEMA, response_format.json_schema.schema_
+            )
     return ResponseFormat()
 
 
@@ -324,11 +326,15 @@ class ChatCompletionEncoder:
             **extra,
         }
 
-    def _delta(self, index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    def _delta(
+        self, index: int, delta: dict[str, Any], finish: str | None = None
+    ) -> dict[str, Any]:
         if index not in self._started:
             self._started.add(index)
             delta = {"role": "assistant", **delta}
-        return self._chunk([{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}])
+        return self._chunk(
+            [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]
+        )
 
     def chunk(self, event: Event) -> dict[str, Any] | None:
         """The chunk for one event, or None when the event has no wire form."""
@@ -338,11 +344,17 @@ class ChatCompletionEncoder:
             case TextDelta(text=text, index=index):
                 return self._delta(index, {"content": text})
             case ToolCallStart(call_index=ci, id=call_id, name=name, index=index):
-                call = {"index": ci, "id": call_id, "type": "function",
-                        "function": {"name": name, "arguments": ""}}
+                call = {
+                    "index": ci,
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": ""},
+                }
                 return self._delta(index, {"tool_calls": [call]})
             case ToolCallDelta(call_index=ci, arguments=arguments, index=index):
-                return self._delta(index, {"tool_calls": [{"index": ci, "function": {"arguments": arguments}}]})
+                return self._delta(
+                    index, {"tool_calls": [{"index": ci, "function": {"arguments": arguments}}]}
+                )
             case Finish(reason=reason, index=index):
                 return self._delta(index, {}, finish=reason.value)
             case Usage() if self._include_usage:
@@ -366,12 +378,21 @@ class ChatCompletionEncoder:
                 message[self._reasoning_field] = choice.reasoning
             if choice.tool_calls:
                 message["tool_calls"] = [
-                    {"id": call.id, "type": "function",
-                     "function": {"name": call.name, "arguments": call.arguments}}
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
                     for call in choice.tool_calls
                 ]
-            choices.append({"index": choice.index, "message": message,
-                            "finish_reason": choice.finish_reason.value, "logprobs": None})
+            choices.append(
+                {
+                    "index": choice.index,
+                    "message": message,
+                    "finish_reason": choice.finish_reason.value,
+                    "logprobs": None,
+                }
+            )
         usage = completion.usage or Usage(0, 0)
         return {
             "id": self._id,

@@ -7,7 +7,7 @@ real HTTP status instead of an error buried in a 200 stream.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from stepflash.config import LimitSettings
@@ -23,7 +23,7 @@ class OpenedStream:
 
     model: ServedModel
     _first: Event | None
-    _rest: AsyncIterator[Event]
+    _rest: AsyncGenerator[Event, None]
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         try:
@@ -35,9 +35,7 @@ class OpenedStream:
             await self.aclose()
 
     async def aclose(self) -> None:
-        close = getattr(self._rest, "aclose", None)
-        if close is not None:
-            await close()
+        await self._rest.aclose()
 
 
 class ChatService:

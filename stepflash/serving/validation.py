@@ -32,7 +32,9 @@ def _validate_tool_choice(request: ChatRequest) -> None:
     if choice.mode is ToolChoiceMode.REQUIRED and not request.tools:
         raise invalid("tool_choice is 'required' but no tools were given", "tool_choice")
     if choice.mode is ToolChoiceMode.NAMED and request.tool(choice.name or "") is None:
-        raise invalid(f"tool_choice names {choice.name!r}, which is not among the tools", "tool_choice")
+        raise invalid(
+            f"tool_choice names {choice.name!r}, which is not among the tools", "tool_choice"
+        )
 
 
 def _validate_stop(request: ChatRequest, limits: LimitSettings) -> None:

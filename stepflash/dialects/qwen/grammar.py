@@ -51,5 +51,7 @@ def grammar_for(request: ChatRequest) -> str | None:
         case ResponseFormatType.JSON_OBJECT:
             return JSON_GBNF
         case ResponseFormatType.JSON_SCHEMA:
-            return _compile(request.response_format.schema or {}, "response_format.json_schema.schema")
+            return _compile(
+                request.response_format.schema or {}, "response_format.json_schema.schema"
+            )
     return None

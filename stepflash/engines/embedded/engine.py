@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from pathlib import Path
 
@@ -100,7 +100,7 @@ class EmbeddedEngine:
     def tokenize(self, text: str) -> list[int]:
         return self._llama.tokenize(text.encode(), add_bos=True, special=True)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
         plans = await asyncio.to_thread(self._plan, request)
         total: Usage | None = None
         for plan in plans:
@@ -134,6 +134,7 @@ class EmbeddedEngine:
                 grammar=grammar,
                 tool_names=frozenset(tool.name for tool in tools),
                 parallel_tool_calls=request.parallel_tool_calls,
+                guard_repeats=not request.tool_choice.forces_call,
                 answered_calls=answered_calls(request.messages),
                 no_tools_prompt_tokens=without_tools,
                 close_tokens=close,

