@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 
 from stepflash import __version__
@@ -14,33 +14,36 @@ from stepflash.api import chat_completions, health, models
 from stepflash.api.errors import BodySizeLimit, install_error_handlers
 from stepflash.config import Settings
 from stepflash.engines.base import Engine
-from stepflash.engines.embedded.engine import EmbeddedEngine
-from stepflash.serving.catalog import embedded_catalog
+from stepflash.serving.backends import build_catalog
 from stepflash.serving.chat import ChatService
 
 log = logging.getLogger("stepflash")
 
+# The OpenAI-compatible API, also under StepFun's Step Plan base path.
+API_PREFIXES = ("/v1", "/step_plan/v1")
+UPSTREAM_CONNECTIONS = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """The ASGI app. Pass a loaded engine, or the app loads the configured one at startup."""
+
+def create_app(settings: Settings, embedded: Engine | None = None) -> FastAPI:
+    """The ASGI app. Pass a loaded embedded engine, or the app loads it at startup if needed."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded: Engine
-        if engine is not None:
-            loaded = engine
-        else:
-            loaded = await asyncio.to_thread(EmbeddedEngine.load, settings)
-        catalog = embedded_catalog(loaded, settings.embedded.served_as)
-        for model in catalog.all():
-            report = log.warning if model.stand_in_for else log.info
-            report("serving %s: %s", model.id, model.note)
-        app.state.chat = ChatService(catalog, settings.limits)
-        try:
-            yield
-        finally:
-            del app.state.chat
-            loaded.close()
+        async with httpx.AsyncClient(limits=UPSTREAM_CONNECTIONS) as client:
+            catalog = await build_catalog(settings, client, embedded)
+            engines = catalog.engines()
+            for engine in engines:
+                await engine.start()
+            for model in catalog.all():
+                report = log.warning if model.stand_in_for else log.info
+                report("serving %s: %s", model.routed_from or model.id, model.note)
+            app.state.chat = ChatService(catalog, settings.limits)
+            try:
+                yield
+            finally:
+                del app.state.chat
+                for engine in engines:
+                    await engine.aclose()
 
     app = FastAPI(
         title="stepflash",
@@ -51,6 +54,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
-    for router in (health.router, models.router, chat_completions.router):
-        app.include_router(router)
+    app.include_router(health.router)
+    for prefix in API_PREFIXES:
+        app.include_router(models.router, prefix=prefix)
+        app.include_router(chat_completions.router, prefix=prefix)
     return app

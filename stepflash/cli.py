@@ -97,6 +97,7 @@ def serve(
 
     from stepflash.app import create_app
     from stepflash.engines.embedded.engine import EmbeddedEngine
+    from stepflash.serving.backends import uses_embedded
 
     embedded = {"model": model} if model else None
     settings = _settings(
@@ -112,11 +113,13 @@ def serve(
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
-    try:
-        with _model_progress(settings.embedded.model) as on_progress:
-            engine = EmbeddedEngine.load(settings, on_progress)
-    except ModelUnavailable as error:
-        raise _fail(str(error)) from None
+    engine = None
+    if uses_embedded(settings):
+        try:
+            with _model_progress(settings.embedded.model) as on_progress:
+                engine = EmbeddedEngine.load(settings, on_progress)
+        except ModelUnavailable as error:
+            raise _fail(str(error)) from None
     uvicorn.run(
         create_app(settings, engine),
         host=settings.host,

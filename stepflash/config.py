@@ -6,10 +6,13 @@ double underscore in the environment: `STEPFLASH_EMBEDDED__MODEL=tiny`.
 
 from __future__ import annotations
 
+import os
+import re
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -69,6 +72,67 @@ class LimitSettings(_Section):
     )
 
 
+class BackendKind(StrEnum):
+    EMBEDDED = "embedded"  # the CPU model of the [embedded] section
+    OPENAI = "openai"  # an OpenAI-compatible chat upstream (SGLang, vLLM, StepFun, OpenRouter)
+    COMPLETIONS = "completions"  # a raw text-completion upstream; stepflash renders the prompt
+
+
+class ModelSettings(_Section):
+    """One public model and the backend that serves it."""
+
+    name: str = Field(min_length=1, description="Public model name, e.g. step-3.7-flash.")
+    aliases: list[str] = Field(default_factory=list)
+    backend: BackendKind
+    replicas: list[str] = Field(
+        default_factory=list, description="Base URLs ending in /v1, one per replica."
+    )
+    upstream_model: str | None = Field(None, description="Model id upstream; default: name.")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the upstream API key."
+    )
+    context_length: int = Field(262_144, ge=512)
+    dialect: Literal["step3p5"] = "step3p5"
+    effort: Literal["top_level", "chat_template_kwargs", "both", "none"] = "both"
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(120.0, gt=0, description="Longest silence between chunks.")
+    max_attempts: int = Field(3, ge=1, le=10)
+    max_in_flight: int = Field(256, ge=1)
+    cooldown_seconds: float = Field(10.0, ge=0)
+    health_interval_seconds: float = Field(5.0, gt=0)
+    health_path: str | None = Field("/models", description="Probed with GET; none to disable.")
+    affinity_chars: int = Field(2048, ge=0)
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> ModelSettings:
+        if self.backend is BackendKind.EMBEDDED:
+            if self.replicas:
+                raise ValueError("an embedded backend takes no replicas")
+            return self
+        if not self.replicas:
+            raise ValueError(f"a {self.backend} backend needs at least one replica URL")
+        for url in self.replicas:
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise ValueError(f"replica {url!r} is not an http(s) URL")
+        if self.api_key_env and self.api_key_env not in os.environ:
+            raise ValueError(f"the environment variable {self.api_key_env} is not set")
+        return self
+
+    @property
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class StepPlanSettings(_Section):
+    """Step Plan: one routing model name that picks among configured models."""
+
+    router_model: str = "step-router-v1"
+    candidates: list[str] = Field(
+        default_factory=list,
+        description="Model names in order of preference; the first available one serves.",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STEPFLASH_", env_nested_delimiter="__", extra="forbid"
@@ -86,6 +150,24 @@ class Settings(BaseSettings):
     embedded: EmbeddedSettings = EmbeddedSettings()
     reasoning: ReasoningSettings = ReasoningSettings()
     limits: LimitSettings = LimitSettings()
+    models: list[ModelSettings] = Field(
+        default_factory=list,
+        description="Served models; with none, the embedded model serves its served_as names.",
+    )
+    step_plan: StepPlanSettings = StepPlanSettings()
+
+    @model_validator(mode="after")
+    def _check_names(self) -> Settings:
+        seen: set[str] = set()
+        for model in self.models:
+            for name in (model.name, *model.aliases):
+                if name in seen:
+                    raise ValueError(f"model name {name!r} is declared twice")
+                seen.add(name)
+        missing = [c for c in self.step_plan.candidates if c not in seen]
+        if self.models and missing:
+            raise ValueError(f"step_plan.candidates names unknown models: {missing}")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -115,10 +197,50 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         return file_settings(**overrides)
     except ValidationError as error:
-        where = f"in {config_file}" if config_file else "in the environment"
+        text = config_file.read_text() if config_file else ""
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            _describe(e["loc"], e["msg"], config_file, text) for e in error.errors()
         )
-        raise ConfigError(f"invalid configuration {where}: {problems}") from error
+        raise ConfigError(f"invalid configuration: {problems}") from error
     except ValueError as error:  # TOML syntax errors carry the line and column
         raise ConfigError(f"cannot read {config_file}: {error}") from error
+
+
+def _describe(loc: tuple[Any, ...], message: str, config_file: Path | None, text: str) -> str:
+    key = ".".join(str(part) for part in loc) or "settings"
+    line = locate_line(text, loc) if text else None
+    where = f"{config_file}:{line}: " if line else ""
+    return f"{where}{key}: {message}"
+
+
+_TABLE = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
+
+
+def locate_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the TOML key at `loc` (or of its table when the key is missing).
+
+    TOML parsers do not report positions, so this follows table headers: `[[models]]` counts
+    array entries, `[section]` opens a table, and `key =` lines belong to the latest table.
+    """
+    path = [str(part) for part in loc]
+    counts: dict[str, int] = {}
+    table: list[str] = []
+    table_line: int | None = None
+    best: int | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _TABLE.match(line)
+        if header:
+            name = header.group(2)
+            if header.group(1) == "[[":
+                counts[name] = counts.get(name, -1) + 1
+                table = [*name.split("."), str(counts[name])]
+            else:
+                table = name.split(".")
+            if path[: len(table)] == table:
+                table_line, best = number, number
+            continue
+        key = _KEY.match(line)
+        if key and [*table, key.group(1)] == path[: len(table) + 1]:
+            return number
+    return best if best is not None else table_line

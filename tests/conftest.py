@@ -37,25 +37,19 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(tmp: Path, model: str, env: dict[str, str] | None = None) -> LiveServer:
+def start_server(
+    tmp: Path, model: str | None, env: dict[str, str] | None = None, config: Path | None = None
+) -> LiveServer:
     """Start `stepflash serve` as a child process and wait until /ready says it is ready."""
     port = free_port()
     log_path = tmp / f"server-{port}.log"
     environment = {**os.environ, **(env or {})}
     with log_path.open("wb") as log_file:
+        command = [sys.executable, "-m", "stepflash", "serve", "--port", str(port)]
+        command += ["--model", model] if model else []
+        command += ["--config", str(config)] if config else []
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stepflash",
-                "serve",
-                "--model",
-                model,
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
+            [*command, "--log-level", "warning"],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=environment,

@@ -46,7 +46,7 @@ async def _sse(encoder: openai.ChatCompletionEncoder, stream: OpenedStream) -> A
     yield sse_event("[DONE]")
 
 
-@router.post("/v1/chat/completions", responses=ERROR_RESPONSES, response_model=None)
+@router.post("/chat/completions", responses=ERROR_RESPONSES, response_model=None)
 async def create_chat_completion(
     body: openai.ChatCompletionRequest,
     request: Request,

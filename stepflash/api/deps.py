@@ -17,4 +17,6 @@ def backend_headers(model: ServedModel) -> dict[str, str]:
     headers = {"x-stepflash-backend": model.backend}
     if model.stand_in_for:
         headers["x-stepflash-stand-in-for"] = model.stand_in_for
+    if model.routed_from:
+        headers["x-stepflash-routed-to"] = model.id
     return headers

@@ -16,7 +16,7 @@ CREATED = 1_767_225_600  # 2026-01-01: a fixed, honest "created" for locally ser
 
 def _entry(model: ServedModel) -> dict[str, Any]:
     return {
-        "id": model.id,
+        "id": model.routed_from or model.id,
         "object": "model",
         "created": CREATED,
         "owned_by": "stepflash",
@@ -26,16 +26,17 @@ def _entry(model: ServedModel) -> dict[str, Any]:
             "stand_in": model.stand_in_for is not None,
             "stand_in_for": model.stand_in_for,
             "note": model.note,
+            "routes_to": model.id if model.routed_from else None,
         },
     }
 
 
-@router.get("/v1/models")
+@router.get("/models")
 async def list_models(chat: ChatService = Depends(chat_service)) -> dict[str, Any]:
     return {"object": "list", "data": [_entry(model) for model in chat.catalog.all()]}
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/models/{model_id:path}")
 async def retrieve_model(
     model_id: str, chat: ChatService = Depends(chat_service)
 ) -> dict[str, Any]:

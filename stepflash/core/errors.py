@@ -17,6 +17,8 @@ class ErrorKind(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"
+    UPSTREAM = "upstream"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
     INTERNAL = "internal"
 
 
@@ -28,6 +30,8 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.PAYLOAD_TOO_LARGE: 413,
     ErrorKind.RATE_LIMITED: 429,
     ErrorKind.OVERLOADED: 503,
+    ErrorKind.UPSTREAM: 502,
+    ErrorKind.UPSTREAM_TIMEOUT: 504,
     ErrorKind.INTERNAL: 500,
 }
 

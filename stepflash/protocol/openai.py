@@ -414,6 +414,8 @@ _ERROR_TYPES: dict[ErrorKind, tuple[str, str]] = {
     ErrorKind.PAYLOAD_TOO_LARGE: ("invalid_request_error", "request_too_large"),
     ErrorKind.RATE_LIMITED: ("rate_limit_error", "rate_limit_exceeded"),
     ErrorKind.OVERLOADED: ("server_error", "engine_overloaded"),
+    ErrorKind.UPSTREAM: ("server_error", "upstream_error"),
+    ErrorKind.UPSTREAM_TIMEOUT: ("server_error", "upstream_timeout"),
     ErrorKind.INTERNAL: ("server_error", "internal_error"),
 }
 

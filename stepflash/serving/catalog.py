@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stepflash.config import StepPlanSettings
 from stepflash.core.errors import ErrorKind, StepflashError
 from stepflash.engines.base import Engine
 
@@ -17,6 +18,7 @@ class ServedModel:
     id: str
     engine: Engine
     stand_in_for: str | None = None
+    routed_from: str | None = None  # the Step Plan routing model that picked this one
 
     @property
     def backend(self) -> str:
@@ -34,10 +36,22 @@ class ServedModel:
 
 
 class ModelCatalog:
-    def __init__(self, models: list[ServedModel]) -> None:
+    """Served names → models, plus the Step Plan routing model when candidates are configured.
+
+    Step Plan policy: the routing model (`step-router-v1` by default) is served by the first
+    of `step_plan.candidates` whose engine is available (for a router: at least one replica
+    not benched); if none is, by the first candidate, so the caller gets its real error.
+    """
+
+    def __init__(
+        self, models: list[ServedModel], step_plan: StepPlanSettings | None = None
+    ) -> None:
         self._models = {model.id: model for model in models}
+        self._step_plan = step_plan if step_plan and step_plan.candidates else None
 
     def get(self, name: str) -> ServedModel:
+        if self._step_plan is not None and name == self._step_plan.router_model:
+            return self._route(name, self._step_plan.candidates)
         model = self._models.get(name)
         if model is None:
             available = ", ".join(self._models)
@@ -49,8 +63,16 @@ class ModelCatalog:
             )
         return model
 
+    def _route(self, name: str, candidates: list[str]) -> ServedModel:
+        choices = [self._models[candidate] for candidate in candidates]
+        chosen = next((model for model in choices if model.engine.available), choices[0])
+        return ServedModel(chosen.id, chosen.engine, chosen.stand_in_for, routed_from=name)
+
     def all(self) -> list[ServedModel]:
-        return list(self._models.values())
+        models = list(self._models.values())
+        if self._step_plan is not None:
+            models.append(self.get(self._step_plan.router_model))
+        return models
 
     def engines(self) -> list[Engine]:
         unique = {id(model.engine): model.engine for model in self._models.values()}

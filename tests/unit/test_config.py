@@ -48,3 +48,58 @@ def test_bad_value_and_bad_syntax(tmp_path: Path) -> None:
         load_settings(config)
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "missing.toml")
+
+
+UPSTREAM = """
+[[models]]
+name = "step-3.7-flash"
+backend = "openai"
+replicas = ["http://gpu1:30000/v1"]
+
+[[models]]
+name = "second"
+backend = "{backend}"
+replicas = {replicas}
+"""
+
+
+def test_models_are_validated_and_errors_name_the_line(tmp_path: Path) -> None:
+    config = tmp_path / "stepflash.toml"
+    config.write_text(UPSTREAM.format(backend="sglang", replicas='["http://x/v1"]'))
+    with pytest.raises(ConfigError, match=r"stepflash\.toml:9: models\.1\.backend"):
+        load_settings(config)
+    config.write_text(UPSTREAM.format(backend="openai", replicas="[]"))
+    with pytest.raises(ConfigError, match=r"stepflash\.toml:7: models\.1.*at least one replica"):
+        load_settings(config)
+    config.write_text(UPSTREAM.format(backend="openai", replicas='["ftp://x"]'))
+    with pytest.raises(ConfigError, match="not an http"):
+        load_settings(config)
+
+
+def test_api_key_comes_from_the_environment_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "stepflash.toml"
+    config.write_text(
+        UPSTREAM.format(backend="openai", replicas='["http://x/v1"]') + 'api_key_env = "MY_KEY"\n'
+    )
+    with pytest.raises(ConfigError, match="MY_KEY is not set"):
+        load_settings(config)
+    monkeypatch.setenv("MY_KEY", "sk-secret")
+    assert load_settings(config).models[1].api_key == "sk-secret"
+
+
+def test_duplicate_names_and_unknown_step_plan_candidates(tmp_path: Path) -> None:
+    config = tmp_path / "stepflash.toml"
+    config.write_text(
+        UPSTREAM.format(backend="openai", replicas='["http://x/v1"]')
+        + 'aliases = ["step-3.7-flash"]\n'
+    )
+    with pytest.raises(ConfigError, match="declared twice"):
+        load_settings(config)
+    config.write_text(
+        UPSTREAM.format(backend="openai", replicas='["http://x/v1"]')
+        + '[step_plan]\ncandidates = ["nope"]\n'
+    )
+    with pytest.raises(ConfigError, match="unknown models"):
+        load_settings(config)

@@ -97,6 +97,10 @@ class EmbeddedEngine:
     def busy(self) -> int:
         return self._worker.outstanding
 
+    @property
+    def available(self) -> bool:
+        return True
+
     def tokenize(self, text: str) -> list[int]:
         return self._llama.tokenize(text.encode(), add_bos=True, special=True)
 
@@ -163,5 +167,8 @@ class EmbeddedEngine:
             )
         return request.max_tokens
 
-    def close(self) -> None:
-        self._worker.close()
+    async def start(self) -> None:
+        """Nothing to start: the worker thread runs from construction."""
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._worker.close)

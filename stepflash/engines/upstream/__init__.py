@@ -1,0 +1,1 @@
+"""Engines that forward to another server: OpenAI-compatible chat or raw completions."""

@@ -1,0 +1,72 @@
+"""One replica of an OpenAI-compatible chat upstream (SGLang, vLLM, StepFun, OpenRouter).
+
+The upstream runs the Step parsers itself; we stream its chunks into canonical events and
+take usage from what it reports. Only when it reports none (a stream cut short) do we count
+the chunks we delivered, so the tokens the caller received are still accounted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+import httpx
+
+from stepflash.core.events import Event, Usage
+from stepflash.core.request import ChatRequest
+from stepflash.engines.upstream.transport import (
+    StreamCut,
+    UpstreamTimeouts,
+    UpstreamUnavailable,
+    open_event_stream,
+)
+from stepflash.protocol.openai_client import ChunkDecoder, EffortPassing, encode_request
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """Where and how to reach one replica."""
+
+    url: str
+    upstream_model: str
+    api_key: str | None
+    timeouts: UpstreamTimeouts
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+class OpenAIChatReplica:
+    kind = "openai"
+
+    def __init__(
+        self,
+        target: UpstreamTarget,
+        client: httpx.AsyncClient,
+        effort: EffortPassing,
+        context_length: int,
+    ) -> None:
+        self.target = target
+        self.model_name = target.upstream_model
+        self.context_length = context_length
+        self._client = client
+        self._effort = effort
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
+        body = encode_request(request, self.target.upstream_model, self._effort, request.max_tokens)
+        decoder = ChunkDecoder()
+        url = f"{self.target.url}/chat/completions"
+        try:
+            async with open_event_stream(
+                self._client, url, body, self.target.headers, self.target.timeouts
+            ) as payloads:
+                async for payload in payloads:
+                    for event in decoder.decode(payload):
+                        yield event
+        except UpstreamUnavailable as error:
+            if decoder.delivered_chunks:
+                delivered = decoder.usage or Usage(0, decoder.delivered_chunks)
+                raise StreamCut(str(error), delivered) from error
+            raise
+        yield decoder.usage or Usage(0, decoder.delivered_chunks)

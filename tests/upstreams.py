@@ -1,0 +1,181 @@
+"""Scripted stand-ins for GPU engines: small servers that replay Step-format output.
+
+They behave like SGLang and vLLM started with the Step 3.7 parsers (`--reasoning-parser
+step3p5 --tool-call-parser step3p5`): reasoning in `reasoning_content` (SGLang) or
+`reasoning` (vLLM), tool calls as OpenAI deltas, usage with cached tokens where each engine
+reports them. Faults are injected per server: 500s, stalls, streams cut mid-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.conftest import free_port
+
+
+@dataclass
+class Script:
+    """One recorded answer, already split the way the engine streams it."""
+
+    reasoning: list[str] = field(
+        default_factory=lambda: ["The user greets me", ". I should greet back", " briefly."]
+    )
+    content: list[str] = field(default_factory=lambda: ["Hello", "! How can I", " help?"])
+    tool_calls: list[tuple[str, list[str]]] = field(default_factory=list)  # name, arg fragments
+    finish: str = "stop"
+    prompt_tokens: int = 812
+    cached_tokens: int = 768
+    completion_tokens: int = 23
+
+
+WEATHER_CALL = Script(
+    reasoning=["I need the weather", " for Paris."],
+    content=[],
+    tool_calls=[("get_weather", ['{"city": ', '"Paris"', ', "unit": "c"}'])],
+    finish="tool_calls",
+    completion_tokens=31,
+)
+
+
+@dataclass
+class ScriptedUpstream:
+    flavour: str = "sglang"  # sglang | vllm
+    script: Script = field(default_factory=Script)
+    mode: str = "ok"  # ok | error500 | error400 | stall | cut | slow
+    delay: float = 0.0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: int = 0
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- the server ------------------------------------------------------------------------
+
+    def start(self) -> ScriptedUpstream:
+        app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._models),
+            ]
+        )
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert time.monotonic() < deadline, "scripted upstream did not start"
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "stepfun-ai/Step-3.7-Flash"}]})
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(body)
+        if self.mode == "error500":
+            return JSONResponse({"error": {"message": "CUDA out of memory"}}, status_code=500)
+        if self.mode == "error400":
+            return JSONResponse(
+                {"error": {"message": "max_tokens is too large for this engine"}}, status_code=400
+            )
+        if self.mode == "stall":
+            await asyncio.sleep(30)
+        return StreamingResponse(self._events(body), media_type="text/event-stream")
+
+    # -- the stream --------------------------------------------------------------------------
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = {
+            "id": "chatcmpl-upstream",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "stepfun-ai/Step-3.7-Flash",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(chunk)}\n\n".encode()
+
+    def _usage(self) -> dict[str, Any]:
+        script = self.script
+        usage: dict[str, Any] = {
+            "prompt_tokens": script.prompt_tokens,
+            "completion_tokens": script.completion_tokens,
+            "total_tokens": script.prompt_tokens + script.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": script.cached_tokens},
+        }
+        if self.flavour == "sglang":
+            usage["completion_tokens_details"] = {"reasoning_tokens": 9}
+        return usage
+
+    async def _events(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        reasoning_field = "reasoning_content" if self.flavour == "sglang" else "reasoning"
+        sent = 0
+        try:
+            yield self._chunk({"role": "assistant", "content": ""})
+            for piece in self.script.reasoning:
+                yield self._chunk({reasoning_field: piece})
+                sent += 1
+                await asyncio.sleep(self.delay)
+                if self.mode == "cut" and sent == 2:
+                    raise ConnectionAbortedError("scripted cut")
+            for piece in self.script.content:
+                yield self._chunk({"content": piece})
+                await asyncio.sleep(self.delay)
+            for index, (name, fragments) in enumerate(self.script.tool_calls):
+                yield self._chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": index,
+                                "id": f"call_up_{index}",
+                                "type": "function",
+                                "function": {"name": name, "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+                for fragment in fragments:
+                    yield self._chunk(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": index,
+                                    "function": {"arguments": fragment},
+                                }
+                            ]
+                        }
+                    )
+            yield self._chunk({}, finish=self.script.finish)
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage_chunk = {
+                    "id": "chatcmpl-upstream",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": "x",
+                    "choices": [],
+                    "usage": self._usage(),
+                }
+                yield f"data: {json.dumps(usage_chunk)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
