@@ -93,6 +93,9 @@ class ModelSettings(_Section):
     )
     context_length: int = Field(262_144, ge=512)
     dialect: Literal["step3p5"] = "step3p5"
+    write_bos: bool = Field(
+        False, description="completions: write BOS into the prompt (most servers add it)."
+    )
     effort: Literal["top_level", "chat_template_kwargs", "both", "none"] = "both"
     connect_timeout: float = Field(5.0, gt=0)
     read_timeout: float = Field(120.0, gt=0, description="Longest silence between chunks.")

@@ -49,10 +49,33 @@ WEATHER_CALL = Script(
 )
 
 
+RAW_TOOL_CALL = (
+    "The user wants the weather in Paris for three days. I'll call the tool.\n</think>\n\n"
+    "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+    "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>"
+)
+RAW_MALFORMED_CALL = (  # `<function NAME>` without `=`, and no `</parameter>`: both repairable
+    "Call it.\n</think>\n\n<tool_call>\n<function get_weather>\n<parameter=city>\nOslo\n"
+    "</function>\n</tool_call>"
+)
+RAW_TRUNCATED = "Let me check.\n</think>\n\n<tool_call>\n<function=get_weather>\n<parameter=ci"
+RAW_TEXT = "A greeting; answer kindly.\n</think>\nHello! How can I help?"
+
+
+@dataclass
+class RawScript:
+    """Raw Step-format text as an engine without parsers returns it, split into chunks."""
+
+    text: str = RAW_TEXT
+    finish: str = "stop"
+    chunk_chars: int = 3
+
+
 @dataclass
 class ScriptedUpstream:
     flavour: str = "sglang"  # sglang | vllm
     script: Script = field(default_factory=Script)
+    raw: RawScript = field(default_factory=RawScript)
     mode: str = "ok"  # ok | error500 | error400 | stall | cut | slow
     delay: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -69,6 +92,7 @@ class ScriptedUpstream:
         app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/completions", self._completions, methods=["POST"]),
                 Route("/v1/models", self._models),
             ]
         )
@@ -101,6 +125,47 @@ class ScriptedUpstream:
         if self.mode == "stall":
             await asyncio.sleep(30)
         return StreamingResponse(self._events(body), media_type="text/event-stream")
+
+    async def _completions(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(body)
+        if self.mode == "error500":
+            return JSONResponse({"error": {"message": "slot unavailable"}}, status_code=500)
+        return StreamingResponse(self._raw_events(), media_type="text/event-stream")
+
+    async def _raw_events(self) -> AsyncIterator[bytes]:
+        raw = self.raw
+        pieces = [
+            raw.text[i : i + raw.chunk_chars] for i in range(0, len(raw.text), raw.chunk_chars)
+        ]
+        for number, piece in enumerate(pieces):
+            last = number == len(pieces) - 1
+            chunk = {
+                "id": "cmpl-raw",
+                "object": "text_completion",
+                "created": 1,
+                "model": "x",
+                "choices": [
+                    {"index": 0, "text": piece, "finish_reason": raw.finish if last else None}
+                ],
+            }
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+        usage = {
+            "prompt_tokens": 1500,
+            "completion_tokens": len(pieces),
+            "total_tokens": 0,
+            "prompt_tokens_details": {"cached_tokens": 1024},
+        }
+        chunk = {
+            "id": "cmpl-raw",
+            "object": "text_completion",
+            "created": 1,
+            "model": "x",
+            "choices": [],
+            "usage": usage,
+        }
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
 
     # -- the stream --------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ import httpx
 from stepflash.config import BackendKind, ModelSettings, Settings
 from stepflash.engines.base import Engine
 from stepflash.engines.embedded.engine import EmbeddedEngine
-from stepflash.engines.router import Replica, Router, RouterPolicy
+from stepflash.engines.router import Replica, ReplicaEngine, Router, RouterPolicy
+from stepflash.engines.upstream.completions import CompletionsReplica
 from stepflash.engines.upstream.openai_chat import OpenAIChatReplica, UpstreamTarget
 from stepflash.engines.upstream.transport import UpstreamTimeouts
 from stepflash.protocol.openai_client import EffortPassing
@@ -45,9 +46,13 @@ def _router(model: ModelSettings, client: httpx.AsyncClient) -> Router:
             model.api_key,
             UpstreamTimeouts(connect=model.connect_timeout, read=model.read_timeout),
         )
-        engine = OpenAIChatReplica(
-            target, client, EffortPassing(model.effort), model.context_length
-        )
+        engine: ReplicaEngine
+        if model.backend is BackendKind.COMPLETIONS:
+            engine = CompletionsReplica(target, client, model.context_length, model.write_bos)
+        else:
+            engine = OpenAIChatReplica(
+                target, client, EffortPassing(model.effort), model.context_length
+            )
         probe = (
             _probe(client, base + model.health_path, target.headers) if model.health_path else None
         )

@@ -9,7 +9,9 @@ import pytest
 
 from tests.conftest import LiveServer
 
-PROMPT = "> "
+# prompt_toolkit turns on bracketed paste once the terminal is in raw mode and the prompt is
+# drawn: keys sent after this are read as keys, not by the cooked-mode line discipline.
+PROMPT = "\x1b[?2004h"
 ENTER = "\r"  # what a terminal sends for the Enter key
 
 
@@ -21,9 +23,14 @@ def chat(tiny_server: LiveServer):
         encoding="utf-8",
         timeout=60,
         dimensions=(40, 200),
-        env={"PATH": "/usr/bin:/bin", "TERM": "dumb", "NO_COLOR": "1"},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "TERM": "xterm",
+            "NO_COLOR": "1",
+            "PROMPT_TOOLKIT_NO_CPR": "1",
+        },
     )
-    child.expect_exact("stepflash chat with step-3.7-flash")
+    child.expect(r"stepflash chat.* with .*step-.*flash")
     child.expect_exact(PROMPT)
     yield child
     child.terminate(force=True)

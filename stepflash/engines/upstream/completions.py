@@ -1,0 +1,123 @@
+"""One replica of a raw text-completion upstream (llama.cpp's server, an engine without parsers).
+
+Such a server knows nothing of chat, reasoning or tools: stepflash renders the Step 3.7
+prompt itself and reads the raw output with its own `step3p5` dialect, so the caller sees
+the same reasoning, content and tool calls as from an engine with the Step parsers built in.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from stepflash.core.events import Event, Finish, FinishReason, ToolCallEnd, Usage
+from stepflash.core.request import ChatRequest
+from stepflash.dialects.step3p5 import Step3p5OutputParser
+from stepflash.dialects.step3p5.template import BOS, render_prompt
+from stepflash.engines.upstream.openai_chat import UpstreamTarget
+from stepflash.engines.upstream.transport import StreamCut, UpstreamUnavailable, open_event_stream
+from stepflash.protocol.openai_client import decode_usage
+
+
+def _new_call_id() -> str:
+    return f"call_{secrets.token_hex(12)}"
+
+
+class _Choice:
+    """The dialect parser of one choice, and whether it produced a call."""
+
+    def __init__(self, request: ChatRequest, index: int) -> None:
+        self.index = index
+        self.parser = Step3p5OutputParser(request.offered_tools, _new_call_id, index)
+        self.called = False
+        self.finished = False
+
+    def feed(self, text: str) -> list[Event]:
+        return self._note(self.parser.feed(text))
+
+    def finish(self, reason: str | None) -> list[Event]:
+        self.finished = True
+        events = self._note(self.parser.finish(truncated=reason == "length"))
+        if self.called:
+            finish = FinishReason.TOOL_CALLS
+        elif reason == "length":
+            finish = FinishReason.LENGTH
+        else:
+            finish = FinishReason.STOP
+        return [*events, Finish(finish, self.index)]
+
+    def _note(self, events: list[Event]) -> list[Event]:
+        self.called = self.called or any(isinstance(e, ToolCallEnd) for e in events)
+        return events
+
+
+class CompletionsReplica:
+    kind = "completions"
+
+    def __init__(
+        self,
+        target: UpstreamTarget,
+        client: httpx.AsyncClient,
+        context_length: int,
+        write_bos: bool = False,
+    ) -> None:
+        self.target = target
+        self.model_name = target.upstream_model
+        self.context_length = context_length
+        self._client = client
+        # Servers tokenize the prompt with special tokens, adding BOS themselves.
+        self._bos = BOS if write_bos else ""
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.target.upstream_model,
+            "prompt": render_prompt(
+                request.messages, request.offered_tools, request.effort, bos=self._bos
+            ),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": request.sampling.temperature,
+            "top_p": request.sampling.top_p,
+            "n": request.n,
+        }
+        if request.max_tokens is not None:
+            body["max_tokens"] = request.max_tokens
+        if request.sampling.seed is not None:
+            body["seed"] = request.sampling.seed
+        if request.sampling.stop:
+            body["stop"] = list(request.sampling.stop)
+        return body
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
+        choices: dict[int, _Choice] = {}
+        usage: Usage | None = None
+        delivered = 0
+        url = f"{self.target.url}/completions"
+        try:
+            async with open_event_stream(
+                self._client, url, self._body(request), self.target.headers, self.target.timeouts
+            ) as payloads:
+                async for payload in payloads:
+                    for item in payload.get("choices") or ():
+                        index = int(item.get("index") or 0)
+                        choice = choices.setdefault(index, _Choice(request, index))
+                        events = choice.feed(item.get("text") or "")
+                        if item.get("finish_reason"):
+                            events += choice.finish(item["finish_reason"])
+                        delivered += bool(item.get("text"))
+                        for event in events:
+                            yield event
+                    if payload.get("usage"):
+                        usage = decode_usage(payload["usage"])
+        except UpstreamUnavailable as error:
+            if delivered:
+                raise StreamCut(str(error), usage or Usage(0, delivered)) from error
+            raise
+        for choice in choices.values():
+            if not choice.finished:
+                for event in choice.finish(None):
+                    yield event
+        yield usage or Usage(0, delivered)
