@@ -35,15 +35,23 @@ class StopMatcher:
             position = buffer.find(stop)
             if position >= 0 and (earliest is None or position < earliest[0]):
                 earliest = (position, stop)
-        if earliest is not None:
+        # A longer stop may still complete at an earlier position than a match already seen.
+        hold = max((partial_suffix(buffer, stop) for stop in self._stops), default=0)
+        undecided_from = len(buffer) - hold
+        if earliest is not None and earliest[0] <= undecided_from:
             self.matched = earliest[1]
             self._held = ""
             return buffer[: earliest[0]]
-        hold = max((partial_suffix(buffer, stop) for stop in self._stops), default=0)
-        self._held = buffer[len(buffer) - hold :]
-        return buffer[: len(buffer) - hold]
+        self._held = buffer[undecided_from:]
+        return buffer[:undecided_from]
 
     def flush(self) -> str:
-        """At the end of the text, whatever was held back was not a stop string after all."""
+        """At the end of the text: held text may still hold a stop that a longer one shadowed."""
         held, self._held = self._held, ""
-        return held
+        if self.matched is not None:
+            return ""
+        hits = [(held.find(stop), stop) for stop in self._stops if stop in held]
+        if not hits:
+            return held
+        position, self.matched = min(hits, key=lambda hit: hit[0])
+        return held[:position]

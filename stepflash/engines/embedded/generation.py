@@ -225,7 +225,9 @@ class _Answer:
         yield from self._route(released, final=False, truncated=False)
 
     def finish(self, truncated: bool) -> Iterator[Event]:
-        yield from self._route(self.stop.flush(), final=True, truncated=truncated)
+        tail = self.stop.flush()
+        truncated = truncated and self.stop.matched is None  # a stop found last is a stop
+        yield from self._route(tail, final=True, truncated=truncated)
         reason = FinishReason.STOP
         if self._emitted_calls:
             reason = FinishReason.TOOL_CALLS
