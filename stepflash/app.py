@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI
 
 from stepflash import __version__
@@ -14,6 +13,7 @@ from stepflash.api import chat_completions, health, models
 from stepflash.api.errors import BodySizeLimit, install_error_handlers
 from stepflash.config import Settings
 from stepflash.engines.base import Engine
+from stepflash.engines.upstream.transport import new_session
 from stepflash.serving.backends import build_catalog
 from stepflash.serving.chat import ChatService
 
@@ -21,7 +21,6 @@ log = logging.getLogger("stepflash")
 
 # The OpenAI-compatible API, also under StepFun's Step Plan base path.
 API_PREFIXES = ("/v1", "/step_plan/v1")
-UPSTREAM_CONNECTIONS = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
 
 
 def create_app(settings: Settings, embedded: Engine | None = None) -> FastAPI:
@@ -29,8 +28,8 @@ def create_app(settings: Settings, embedded: Engine | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(limits=UPSTREAM_CONNECTIONS) as client:
-            catalog = await build_catalog(settings, client, embedded)
+        async with new_session() as session:
+            catalog = await build_catalog(settings, session, embedded)
             engines = catalog.engines()
             for engine in engines:
                 await engine.start()

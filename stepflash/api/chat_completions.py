@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
-from stepflash.api.deps import backend_headers, chat_service
+from stepflash.api.deps import FastJSONResponse, backend_headers, chat_service
 from stepflash.api.disconnect import ClientDisconnected, unless_disconnected
 from stepflash.core.completion import accumulate
 from stepflash.core.errors import ErrorKind, StepflashError
@@ -64,4 +64,4 @@ async def create_chat_completion(
         completion = await unless_disconnected(request, accumulate(aiter(stream)))
     except ClientDisconnected:
         return Response(status_code=499)
-    return JSONResponse(encoder.body(completion), headers=headers)
+    return FastJSONResponse(encoder.body(completion), headers=headers)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from stepflash.serving.catalog import ServedModel
 from stepflash.serving.chat import ChatService
 
 
-def chat_service(request: Request) -> ChatService:
+async def chat_service(request: Request) -> ChatService:
+    """Async on purpose: FastAPI runs a plain `def` dependency in a thread pool per request."""
     return request.app.state.chat
 
 
@@ -20,3 +25,10 @@ def backend_headers(model: ServedModel) -> dict[str, str]:
     if model.routed_from:
         headers["x-stepflash-routed-to"] = model.id
     return headers
+
+
+class FastJSONResponse(JSONResponse):
+    """A JSON response rendered by orjson: several times faster on completion bodies."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)

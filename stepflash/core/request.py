@@ -116,6 +116,9 @@ class ChatRequest:
     response_format: ResponseFormat = ResponseFormat()
     effort: Effort = Effort.MEDIUM
     sampling: Sampling = Sampling()
+    # Whether the caller consumes events as they come. The events are the same either way;
+    # an upstream engine may fetch a whole answer (cheaper than 64 chunks) when it is False.
+    stream: bool = True
 
     def tool(self, name: str) -> Tool | None:
         return next((tool for tool in self.tools if tool.name == name), None)

@@ -281,6 +281,7 @@ def decode(body: ChatCompletionRequest) -> ChatRequest:
         parallel_tool_calls=body.parallel_tool_calls is not False,
         response_format=_decode_response_format(body.response_format),
         effort=Effort(body.reasoning_effort or "medium"),
+        stream=bool(body.stream),
         sampling=Sampling(
             temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
             top_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,

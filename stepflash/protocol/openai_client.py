@@ -83,16 +83,18 @@ def _response_format(request: ChatRequest) -> dict[str, Any] | None:
 def encode_request(
     request: ChatRequest, upstream_model: str, effort: EffortPassing, max_tokens: int | None
 ) -> dict[str, Any]:
-    """The upstream body: always streamed, always with usage, effort where the upstream reads it."""
+    """The upstream body: streamed as the caller streams, always with usage, effort where the
+    upstream reads it."""
     body: dict[str, Any] = {
         "model": upstream_model,
         "messages": [_message(message) for message in request.messages],
-        "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream": request.stream,
         "temperature": request.sampling.temperature,
         "top_p": request.sampling.top_p,
         "n": request.n,
     }
+    if request.stream:
+        body["stream_options"] = {"include_usage": True}
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
     if request.sampling.seed is not None:
@@ -140,6 +142,25 @@ def decode_usage(usage: dict[str, Any]) -> Usage:
         cached_tokens=int(cached),
         reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
     )
+
+
+def whole_as_chunk(body: dict[str, Any]) -> dict[str, Any]:
+    """A whole (non-streamed) answer as one chunk, so one decoder reads both shapes."""
+    choices = []
+    for choice in body.get("choices") or ():
+        delta = dict(choice.get("message") or choice.get("delta") or {})
+        if "text" in choice:  # a raw completion
+            delta["content"] = choice["text"]
+        calls = delta.get("tool_calls") or []
+        delta["tool_calls"] = [{**call, "index": i} for i, call in enumerate(calls)]
+        choices.append(
+            {
+                "index": choice.get("index", 0),
+                "delta": delta,
+                "finish_reason": choice.get("finish_reason") or "stop",
+            }
+        )
+    return {"choices": choices, "usage": body.get("usage")}
 
 
 @dataclass(slots=True)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 
 def sse_event(data: dict[str, Any] | str, event: str | None = None) -> bytes:
-    payload = (
-        data
-        if isinstance(data, str)
-        else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    )
-    prefix = f"event: {event}\n" if event else ""
-    return f"{prefix}data: {payload}\n\n".encode()
+    payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
+    prefix = f"event: {event}\n".encode() if event else b""
+    return prefix + b"data: " + payload + b"\n\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import httpx
+import aiohttp
 
 from stepflash.config import BackendKind, ModelSettings, Settings
 from stepflash.engines.base import Engine
@@ -22,21 +22,24 @@ from stepflash.engines.upstream.transport import UpstreamTimeouts
 from stepflash.protocol.openai_client import EffortPassing
 from stepflash.serving.catalog import ModelCatalog, ServedModel, embedded_catalog
 
+Probe = Callable[[], Awaitable[bool]]
+PROBE_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 
-def _probe(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str]
-) -> Callable[[], Awaitable[bool]]:
+
+def _probe(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Probe:
+    """A health check: the replica answers a GET without a server error."""
+
     async def probe() -> bool:
         try:
-            response = await client.get(url, headers=headers, timeout=5.0)
-        except httpx.HTTPError:
+            async with session.get(url, headers=headers, timeout=PROBE_TIMEOUT) as response:
+                return response.status < 500
+        except (aiohttp.ClientError, TimeoutError):
             return False
-        return response.status_code < 500
 
     return probe
 
 
-def _router(model: ModelSettings, client: httpx.AsyncClient) -> Router:
+def _router(model: ModelSettings, session: aiohttp.ClientSession) -> Router:
     replicas = []
     for url in model.replicas:
         base = url.rstrip("/")
@@ -48,14 +51,14 @@ def _router(model: ModelSettings, client: httpx.AsyncClient) -> Router:
         )
         engine: ReplicaEngine
         if model.backend is BackendKind.COMPLETIONS:
-            engine = CompletionsReplica(target, client, model.context_length, model.write_bos)
+            engine = CompletionsReplica(target, session, model.context_length, model.write_bos)
         else:
             engine = OpenAIChatReplica(
-                target, client, EffortPassing(model.effort), model.context_length
+                target, session, EffortPassing(model.effort), model.context_length
             )
-        probe = (
-            _probe(client, base + model.health_path, target.headers) if model.health_path else None
-        )
+        probe = None
+        if model.health_path:
+            probe = _probe(session, base + model.health_path, target.headers)
         replicas.append(Replica(base, engine, probe))
     policy = RouterPolicy(
         max_attempts=model.max_attempts,
@@ -75,7 +78,7 @@ def uses_embedded(settings: Settings) -> bool:
 
 
 async def build_catalog(
-    settings: Settings, client: httpx.AsyncClient, embedded: Engine | None = None
+    settings: Settings, session: aiohttp.ClientSession, embedded: Engine | None = None
 ) -> ModelCatalog:
     """Every served name with its engine; loads the embedded model only if something uses it."""
 
@@ -93,7 +96,7 @@ async def build_catalog(
             engine = await load_embedded()
             stand_in = True
         else:
-            engine = _router(model, client)
+            engine = _router(model, session)
             stand_in = False
         for name in (model.name, *model.aliases):
             served.append(ServedModel(name, engine, stand_in_for=name if stand_in else None))

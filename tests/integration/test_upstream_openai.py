@@ -127,7 +127,7 @@ def test_sglang_passthrough_with_effort_usage_and_key(
     assert sent["model"] == "stepfun-ai/Step-3.7-Flash"
     assert sent["reasoning_effort"] == "high"
     assert sent["chat_template_kwargs"] == {"reasoning_effort": "high"}
-    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert sent["stream"] is False, "a caller that does not stream gets a whole upstream answer"
     assert sent["max_tokens"] == 100
 
 
@@ -149,6 +149,8 @@ def test_streamed_tool_call_round_trip(
 ) -> None:
     upstreams["sglang"].script = WEATHER_CALL
     chunks = collect_stream(gateway.api, ask(tools=TOOLS, stream=True))
+    sent = upstreams["sglang"].requests[-1]
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
     calls = [
         c for chunk in chunks for ch in chunk["choices"] for c in ch["delta"].get("tool_calls", [])
     ]

@@ -11,14 +11,20 @@ import secrets
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
+import aiohttp
 
 from stepflash.core.events import Event, Finish, FinishReason, ToolCallEnd, Usage
 from stepflash.core.request import ChatRequest
 from stepflash.dialects.step3p5 import Step3p5OutputParser
 from stepflash.dialects.step3p5.template import BOS, render_prompt
 from stepflash.engines.upstream.openai_chat import UpstreamTarget
-from stepflash.engines.upstream.transport import StreamCut, UpstreamUnavailable, open_event_stream
+from stepflash.engines.upstream.transport import (
+    Payload,
+    StreamCut,
+    UpstreamUnavailable,
+    fetch_json,
+    open_event_stream,
+)
 from stepflash.protocol.openai_client import decode_usage
 
 
@@ -60,14 +66,14 @@ class CompletionsReplica:
     def __init__(
         self,
         target: UpstreamTarget,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         context_length: int,
         write_bos: bool = False,
     ) -> None:
         self.target = target
         self.model_name = target.upstream_model
         self.context_length = context_length
-        self._client = client
+        self._session = session
         # Servers tokenize the prompt with special tokens, adding BOS themselves.
         self._bos = BOS if write_bos else ""
 
@@ -77,12 +83,13 @@ class CompletionsReplica:
             "prompt": render_prompt(
                 request.messages, request.offered_tools, request.effort, bos=self._bos
             ),
-            "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream": request.stream,
             "temperature": request.sampling.temperature,
             "top_p": request.sampling.top_p,
             "n": request.n,
         }
+        if request.stream:
+            body["stream_options"] = {"include_usage": True}
         if request.max_tokens is not None:
             body["max_tokens"] = request.max_tokens
         if request.sampling.seed is not None:
@@ -96,22 +103,34 @@ class CompletionsReplica:
         usage: Usage | None = None
         delivered = 0
         url = f"{self.target.url}/completions"
+        target, body = self.target, self._body(request)
+
+        def read(payload: Payload) -> list[Event]:
+            nonlocal usage, delivered
+            events: list[Event] = []
+            for item in payload.get("choices") or ():
+                index = int(item.get("index") or 0)
+                choice = choices.setdefault(index, _Choice(request, index))
+                events += choice.feed(item.get("text") or "")
+                if item.get("finish_reason"):
+                    events += choice.finish(item["finish_reason"])
+                delivered += bool(item.get("text"))
+            if payload.get("usage"):
+                usage = decode_usage(payload["usage"])
+            return events
+
         try:
-            async with open_event_stream(
-                self._client, url, self._body(request), self.target.headers, self.target.timeouts
-            ) as payloads:
-                async for payload in payloads:
-                    for item in payload.get("choices") or ():
-                        index = int(item.get("index") or 0)
-                        choice = choices.setdefault(index, _Choice(request, index))
-                        events = choice.feed(item.get("text") or "")
-                        if item.get("finish_reason"):
-                            events += choice.finish(item["finish_reason"])
-                        delivered += bool(item.get("text"))
-                        for event in events:
+            if not request.stream:
+                answer = await fetch_json(self._session, url, body, target.headers, target.timeouts)
+                for event in read(answer):
+                    yield event
+            else:
+                async with open_event_stream(
+                    self._session, url, body, target.headers, target.timeouts
+                ) as payloads:
+                    async for payload in payloads:
+                        for event in read(payload):
                             yield event
-                    if payload.get("usage"):
-                        usage = decode_usage(payload["usage"])
         except UpstreamUnavailable as error:
             if delivered:
                 raise StreamCut(str(error), usage or Usage(0, delivered)) from error

@@ -1,8 +1,9 @@
 """One replica of an OpenAI-compatible chat upstream (SGLang, vLLM, StepFun, OpenRouter).
 
-The upstream runs the Step parsers itself; we stream its chunks into canonical events and
-take usage from what it reports. Only when it reports none (a stream cut short) do we count
-the chunks we delivered, so the tokens the caller received are still accounted.
+The upstream runs the Step parsers itself; we turn its chunks (or, for a caller that does
+not stream, its whole answer) into canonical events and take usage from what it reports.
+Only when it reports none (a stream cut short) do we count the chunks we delivered, so the
+tokens the caller received are still accounted.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from stepflash.core.events import Event, Usage
 from stepflash.core.request import ChatRequest
@@ -18,9 +19,15 @@ from stepflash.engines.upstream.transport import (
     StreamCut,
     UpstreamTimeouts,
     UpstreamUnavailable,
+    fetch_json,
     open_event_stream,
 )
-from stepflash.protocol.openai_client import ChunkDecoder, EffortPassing, encode_request
+from stepflash.protocol.openai_client import (
+    ChunkDecoder,
+    EffortPassing,
+    encode_request,
+    whole_as_chunk,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,23 +50,30 @@ class OpenAIChatReplica:
     def __init__(
         self,
         target: UpstreamTarget,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         effort: EffortPassing,
         context_length: int,
     ) -> None:
         self.target = target
         self.model_name = target.upstream_model
         self.context_length = context_length
-        self._client = client
+        self._session = session
         self._effort = effort
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
         body = encode_request(request, self.target.upstream_model, self._effort, request.max_tokens)
         decoder = ChunkDecoder()
         url = f"{self.target.url}/chat/completions"
+        target = self.target
+        if not request.stream:
+            answer = await fetch_json(self._session, url, body, target.headers, target.timeouts)
+            for event in decoder.decode(whole_as_chunk(answer)):
+                yield event
+            yield decoder.usage or Usage(0, decoder.delivered_chunks)
+            return
         try:
             async with open_event_stream(
-                self._client, url, body, self.target.headers, self.target.timeouts
+                self._session, url, body, target.headers, target.timeouts
             ) as payloads:
                 async for payload in payloads:
                     for event in decoder.decode(payload):

@@ -1,22 +1,27 @@
-"""HTTP to an upstream server: streaming SSE, and telling retryable failures from final ones.
+"""HTTP to an upstream server: SSE streams or whole bodies, and which failures are retryable.
 
 A failure before the first token can be retried on another replica (connection refused, 5xx,
 429, a stall); a 4xx is the caller's or the configuration's fault and is final. What happens
 after tokens were sent is the router's business: it never retries then.
+
+aiohttp and orjson keep the per-chunk cost of a gateway low: at 64 chunks per answer, the
+client library's per-line overhead is most of what a gateway adds.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 
 from stepflash.core.errors import ErrorKind, StepflashError
 from stepflash.core.events import Usage
+
+Payload = dict[str, Any]
 
 
 class UpstreamUnavailable(Exception):
@@ -37,20 +42,24 @@ class UpstreamTimeouts:
     read: float = 120.0  # the longest silence tolerated between two chunks
 
 
-def _detail(response: httpx.Response) -> str:
+def new_session() -> aiohttp.ClientSession:
+    """One pooled session per process, shared by every upstream replica."""
+    connector = aiohttp.TCPConnector(limit=1024, limit_per_host=256, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector, json_serialize=lambda v: orjson.dumps(v).decode()
+    )
+
+
+def _detail(body: bytes, reason: str | None) -> str:
     try:
-        error = response.json().get("error")
+        error = orjson.loads(body).get("error")
         message = error.get("message") if isinstance(error, dict) else error
-    except (ValueError, AttributeError):
+    except (orjson.JSONDecodeError, AttributeError):
         message = None
-    return str(message or response.text[:300] or response.reason_phrase)
+    return str(message or body[:300].decode(errors="replace") or reason)
 
 
-def _raise_for_status(response: httpx.Response, url: str) -> None:
-    status = response.status_code
-    if status < 400:
-        return
-    detail = _detail(response)
+def _raise_for_status(status: int, detail: str, url: str) -> None:
     if status >= 500 or status == 429:
         raise UpstreamUnavailable(f"{url} answered {status}: {detail}")
     if status in (401, 403):
@@ -70,41 +79,82 @@ def _raise_for_status(response: httpx.Response, url: str) -> None:
 
 
 @asynccontextmanager
-async def open_event_stream(
-    client: httpx.AsyncClient,
+async def _post(
+    session: aiohttp.ClientSession,
     url: str,
-    body: dict[str, Any],
+    body: Payload,
     headers: dict[str, str],
     timeouts: UpstreamTimeouts,
-) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-    """POST `body` and yield an iterator of the JSON payloads of the SSE `data:` lines."""
-    timeout = httpx.Timeout(timeouts.read, connect=timeouts.connect)
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """POST and yield the response once its status is known good; map failures to ours."""
+    timeout = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.read)
     try:
-        async with client.stream("POST", url, json=body, headers=headers, timeout=timeout) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-            _raise_for_status(resp, url)
-            yield _payloads(resp, url)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as error:
-        raise UpstreamUnavailable(f"cannot reach {url}: {error!r}") from error
-    except httpx.ReadTimeout as error:
+        async with session.post(
+            url,
+            data=orjson.dumps(body),
+            headers={"content-type": "application/json", **headers},
+            timeout=timeout,
+        ) as response:
+            if response.status >= 400:
+                _raise_for_status(
+                    response.status, _detail(await response.read(), response.reason), url
+                )
+            yield response
+    except aiohttp.ClientConnectorError as error:
+        raise UpstreamUnavailable(f"cannot reach {url}: {error}") from error
+    except TimeoutError as error:
         raise UpstreamUnavailable(f"{url} sent nothing for {timeouts.read:g}s") from error
-    except httpx.ReadError as error:
+    except aiohttp.ClientError as error:  # disconnects, broken or truncated bodies
         raise UpstreamUnavailable(f"the connection to {url} broke: {error!r}") from error
 
 
-async def _payloads(response: httpx.Response, url: str) -> AsyncIterator[dict[str, Any]]:
-    async for line in response.aiter_lines():
-        if not line.startswith("data:"):
-            continue  # blank separators, comments, `event:` lines
+@asynccontextmanager
+async def open_event_stream(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: Payload,
+    headers: dict[str, str],
+    timeouts: UpstreamTimeouts,
+) -> AsyncIterator[AsyncIterator[Payload]]:
+    """POST `body` and yield an iterator of the JSON payloads of the SSE `data:` lines."""
+    async with _post(session, url, body, headers, timeouts) as response:
+        yield _payloads(response, url)
+
+
+async def fetch_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: Payload,
+    headers: dict[str, str],
+    timeouts: UpstreamTimeouts,
+) -> Payload:
+    """POST `body` and return the whole JSON answer."""
+    async with _post(session, url, body, headers, timeouts) as response:
+        raw = await response.read()
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise UpstreamUnavailable(f"{url} sent a malformed body: {raw[:200]!r}") from error
+    if not isinstance(payload, dict):
+        raise UpstreamUnavailable(f"{url} sent a body that is not an object")
+    return payload
+
+
+async def _payloads(response: aiohttp.ClientResponse, url: str) -> AsyncIterator[Payload]:
+    done = False
+    async for line in response.content:
+        if done or not line.startswith(b"data:"):
+            continue  # blank separators, comments, `event:` lines; after [DONE], the body's end
         data = line[5:].strip()
-        if data == "[DONE]":
-            return
+        if data == b"[DONE]":
+            done = True  # read on to the end of the body so the connection can be reused
+            continue
         try:
-            payload = json.loads(data)
-        except json.JSONDecodeError as error:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError as error:
             raise UpstreamUnavailable(f"{url} sent a malformed event: {data[:200]!r}") from error
         if isinstance(payload, dict) and payload.get("error"):
             raise UpstreamUnavailable(f"{url} failed mid-stream: {payload['error']}")
         yield payload
-    raise UpstreamUnavailable(f"{url} ended the stream without [DONE]")
+    if not done:
+        raise UpstreamUnavailable(f"{url} ended the stream without [DONE]")
