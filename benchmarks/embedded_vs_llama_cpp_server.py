@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -384,6 +385,22 @@ def stream_chat(client: httpx.Client, base_url: str, body: dict[str, Any]) -> di
     return result
 
 
+_PERF = re.compile(
+    r"llama_perf_context_print:\s+(prompt eval|eval) time =\s+([\d.]+) ms /\s+(\d+) (?:tokens|runs)"
+)
+
+
+def parse_llama_perf(log: str) -> dict[str, float] | None:
+    """llama.cpp's own timings for the last request, from a verbose llama_cpp.server's log."""
+    found: dict[str, float] = {}
+    for kind, ms, count in _PERF.findall(log):
+        key = "prompt" if kind == "prompt eval" else "eval"
+        found[f"{key}_ms"], found[f"{key}_tokens"] = float(ms), int(count)
+    if "eval_ms" in found and found["eval_ms"] > 0:
+        found["eval_tok_s"] = round(found["eval_tokens"] / found["eval_ms"] * 1000, 2)
+    return found or None
+
+
 def _median(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
@@ -400,10 +417,14 @@ def measure(server: Server, args: argparse.Namespace, extra: dict[str, Any], say
         result = stream_chat(client, url, chat_body(messages, max_tokens, seed, extra))
         result["cpu"] = meter.read()
         result["label"] = label
+        time.sleep(0.05)  # let the server's last log lines for this request land (not timed)
         log = server.new_log_text()
         hits = [line for line in log.splitlines() if "prefix-match" in line]
         if hits:
             result["server_log_prefix_match"] = hits[-1].strip()
+        perf = parse_llama_perf(log)
+        if perf:
+            result["server_log_perf"] = perf
         if result["status"] != 200 or result["errors"]:
             say(f"  [red]{server.name} {label}: HTTP {result['status']} {result['errors']}[/red]")
         else:
@@ -498,18 +519,33 @@ def measure(server: Server, args: argparse.Namespace, extra: dict[str, Any], say
             prefix_runs.append(with_retries(once, flush_first=False))  # once() flushes itself
         out["prefix"] = prefix_runs
 
+    out["summary"] = summarize(out, args.threads)
+    return out
+
+
+def summarize(run: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Medians and counts for one server's measurements (also re-run by --rerender)."""
+    decode, prefix_runs = run["decode"], run["prefix"]
+    # llama.cpp's threads spin while they have work: a server that keeps them busy uses about
+    # `threads` cores; much less means it stalled on something else (its Python side, the GIL).
+    full_cpu = 0.85 * min(threads, os.cpu_count() or 1)
     ok = [r for r in decode if r["status"] == 200 and not r["errors"]]
     # Medians leave out measurements that stayed contended after their retries, as long as
     # at least one clean measurement is left; everything is still in the JSON.
     clean_decode = [r for r in ok if not r.get("contended")] or ok
     clean_prefix = [p for p in prefix_runs if not p.get("contended")] or prefix_runs
+    decode_full_cpu = [r for r in clean_decode if r.get("cpu") and r["cpu"]["server_cores"] >= full_cpu]
     measured = decode + [p[k] for p in prefix_runs for k in ("cold", "warm")]
     other = [r["cpu"]["other_cores"] for r in measured if r.get("cpu")]
-    out["summary"] = {
+    return {
         "contended_in_medians": sum(1 for r in [*clean_decode, *clean_prefix] if r.get("contended")),
         "decode_requests_in_medians": len(clean_decode),
         "prefix_runs_in_medians": len(clean_prefix),
         "decode_tok_s_median": _median([r["decode_tok_s"] for r in clean_decode]),
+        "decode_tok_s_median_full_cpu": _median([r["decode_tok_s"] for r in decode_full_cpu]),
+        "decode_requests_full_cpu": len(decode_full_cpu),
+        "server_internal_eval_tok_s_median": _median(
+            [(r.get("server_log_perf") or {}).get("eval_tok_s") for r in clean_decode]),
         "decode_tok_s_mean": statistics.fmean([r["decode_tok_s"] for r in clean_decode if r["decode_tok_s"]])
         if any(r["decode_tok_s"] for r in clean_decode) else None,
         "decode_chunks_s_median": _median([r["decode_chunks_s"] for r in clean_decode]),
@@ -523,7 +559,7 @@ def measure(server: Server, args: argparse.Namespace, extra: dict[str, Any], say
         "other_processes_cores_max": max(other) if other else None,
         "requests_server_below_85pct_of_threads": sum(
             1 for r in measured
-            if r.get("cpu") and r["cpu"]["server_cores"] < 0.85 * min(args.threads, os.cpu_count() or 1)
+            if r.get("cpu") and r["cpu"]["server_cores"] < full_cpu
         ),
         "server_cores_during_decode_median": _median(
             [r["cpu"]["server_cores"] for r in decode if r.get("cpu")]),
@@ -537,7 +573,6 @@ def measure(server: Server, args: argparse.Namespace, extra: dict[str, Any], say
             (p["warm"]["usage"] or {}).get("cached_tokens") for p in prefix_runs
         ],
     }
-    return out
 
 
 # -- machine info --------------------------------------------------------------------------
@@ -599,6 +634,7 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
     l = results.get("llama_cpp_server", {}).get("summary", {})
     rows = [
         ("stepflash decode tok/s ÷ llama.cpp decode tok/s (median)", _ratio(s.get("decode_tok_s_median"), l.get("decode_tok_s_median")), ">=", 0.95),
+        ("same, only requests during which each server kept its threads busy", _ratio(s.get("decode_tok_s_median_full_cpu"), l.get("decode_tok_s_median_full_cpu")), ">=", 0.95),
         ("stepflash TTFT ÷ llama.cpp TTFT (short prompts, median)", _ratio(s.get("ttft_s_median"), l.get("ttft_s_median")), "<=", 1.1),
         ("stepflash TTFT ÷ llama.cpp TTFT (cold ~2k-token prompt)", _ratio(s.get("prefix_cold_ttft_s_median"), l.get("prefix_cold_ttft_s_median")), "<=", 1.1),
         ("stepflash prefix warm ÷ cold TTFT", s.get("prefix_warm_over_cold_median"), "<=", 0.3),
@@ -618,6 +654,11 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     l = results.get("llama_cpp_server", {}).get("summary", {})
     return [
         ("decode tok/s (median)", _fmt(s.get("decode_tok_s_median")), _fmt(l.get("decode_tok_s_median"))),
+        ("decode tok/s (median of requests at full CPU)",
+         f"{_fmt(s.get('decode_tok_s_median_full_cpu'))} (n={s.get('decode_requests_full_cpu')})",
+         f"{_fmt(l.get('decode_tok_s_median_full_cpu'))} (n={l.get('decode_requests_full_cpu')})"),
+        ("llama.cpp eval tok/s inside the server (its own log, median)",
+         _fmt(s.get("server_internal_eval_tok_s_median")), _fmt(l.get("server_internal_eval_tok_s_median"))),
         ("decode content-chunks/s (median)", _fmt(s.get("decode_chunks_s_median")), _fmt(l.get("decode_chunks_s_median"))),
         ("TTFT short prompt, ms (median)", _fmt(s.get("ttft_s_median"), ".1f", 1000), _fmt(l.get("ttft_s_median"), ".1f", 1000)),
         ("completion tokens per request", str(s.get("completion_tokens")), str(l.get("completion_tokens"))),
@@ -723,6 +764,43 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def add_notes(results: dict[str, Any], busy_threshold: float) -> None:
+    """Cross-server checks and warnings, as sentences in results["notes"]."""
+    results["notes"] = []
+    if "stepflash" in results and "llama_cpp_server" in results:
+        a = [r["text"] for r in results["stepflash"]["decode"]]
+        b = [r["text"] for r in results["llama_cpp_server"]["decode"]]
+        results["same_text"] = a == b
+        if a != b:
+            results["notes"].append(
+                "The two servers produced different decode answers (prompt templates or sampling "
+                "differ); token counts per request are listed above."
+            )
+    for key, label in (("stepflash", "stepflash"), ("llama_cpp_server", "llama_cpp.server")):
+        summary = (results.get(key) or {}).get("summary", {})
+        if summary.get("contended_in_medians"):
+            results["notes"].append(
+                f"WARNING: {summary['contended_in_medians']} of {label}'s measurements in the medians "
+                f"ran while other processes used >= {busy_threshold} CPU cores (no clean "
+                "attempt was left); those numbers are contaminated - rerun on an idle machine "
+                "(per-request `cpu` in the JSON shows which)."
+            )
+        elif summary.get("contended_measurements"):
+            results["notes"].append(
+                f"{summary['contended_measurements']} of {label}'s measurements stayed contended "
+                "after their retries and were left out of the medians (they are in the JSON)."
+            )
+        stalled = summary.get("decode_requests_in_medians", 0) - summary.get("decode_requests_full_cpu", 0)
+        if stalled > 0:
+            results["notes"].append(
+                f"{label} used less than 85% of its threads' CPU during {stalled} of the "
+                f"{summary.get('decode_requests_in_medians')} decode requests in its median while "
+                "other processes were quiet: its llama.cpp threads were idle part of the time, "
+                "waiting on something else (e.g. the server's own Python work between tokens). "
+                "The 'requests at full CPU' row and ratio leave those requests out."
+            )
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -736,7 +814,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prefix-max-tokens", type=int, default=8, help="max_tokens for the prefix-cache requests")
     parser.add_argument("--prefix-chars", type=int, default=8000, help="size of the shared prefix in characters")
     parser.add_argument("--n-ctx", type=int, default=8192)
-    parser.add_argument("--n-batch", type=int, default=512, help="must match stepflash's embedded.n_batch (default 512)")
+    parser.add_argument("--n-batch", type=int, default=512, help="batch size for both servers (stepflash gets it as STEPFLASH_EMBEDDED__N_BATCH)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--servers", choices=["both", "stepflash", "llama"], default="both")
     parser.add_argument("--logits-all", action="store_true",
@@ -750,7 +828,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--startup-timeout", type=float, default=900)
     parser.add_argument("--request-timeout", type=float, default=600)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--rerender", action="store_true",
+                        help="run nothing: recompute summaries and rewrite the .md from the existing .json")
     return parser.parse_args(argv)
+
+
+def _stem(model: str) -> str:
+    tag = Path(model).stem if model.endswith(".gguf") else model
+    return f"embedded_vs_llama_cpp_server-{tag}"
+
+
+def rerender(args: argparse.Namespace) -> int:
+    json_path = args.results_dir / f"{_stem(args.model)}.json"
+    results = json.loads(json_path.read_text())
+    config = results["config"]
+    threshold = config.get("busy_threshold_cores", args.busy_threshold)
+    for key in ("stepflash", "llama_cpp_server"):
+        if key in results and "decode" in results[key]:
+            results[key]["summary"] = summarize(results[key], config["threads"])
+    add_notes(results, threshold)
+    json_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    json_path.with_suffix(".md").write_text(markdown(results))
+    print_tables(results)
+    for note in results["notes"]:
+        print(note)
+    print(f"rewrote {json_path} and {json_path.with_suffix('.md')}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -778,13 +881,15 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(ValueError, OSError):
             signal.signal(sig, _interrupt)
 
+    if args.rerender:
+        return rerender(args)
+
     from stepflash.engines.embedded.model_store import resolve_model
 
     gguf = resolve_model(args.model, Path.home() / ".cache" / "stepflash")
-    model_tag = Path(args.model).stem if args.model.endswith(".gguf") else args.model
     results_dir: Path = args.results_dir
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"embedded_vs_llama_cpp_server-{model_tag}"
+    stem = _stem(args.model)
     bindir = Path(sys.executable).parent
     stepflash_bin = bindir / "stepflash"
     if not stepflash_bin.exists():
@@ -876,29 +981,7 @@ def main(argv: list[str] | None = None) -> int:
         results["error"] = str(error)
         say(f"[red]{error}[/red]")
 
-    if "stepflash" in results and "llama_cpp_server" in results:
-        a = [r["text"] for r in results["stepflash"]["decode"]]
-        b = [r["text"] for r in results["llama_cpp_server"]["decode"]]
-        results["same_text"] = a == b
-        if a != b:
-            results["notes"].append(
-                "The two servers produced different decode answers (prompt templates or sampling "
-                "differ); token counts per request are listed above."
-            )
-    for key, label in (("stepflash", "stepflash"), ("llama_cpp_server", "llama_cpp.server")):
-        summary = (results.get(key) or {}).get("summary", {})
-        if summary.get("contended_in_medians"):
-            results["notes"].append(
-                f"WARNING: {summary['contended_in_medians']} of {label}'s measurements in the medians "
-                f"ran while other processes used >= {args.busy_threshold} CPU cores (no clean "
-                "attempt was left); those numbers are contaminated - rerun on an idle machine "
-                "(per-request `cpu` in the JSON shows which)."
-            )
-        elif summary.get("contended_measurements"):
-            results["notes"].append(
-                f"{summary['contended_measurements']} of {label}'s measurements stayed contended "
-                "after their retries and were left out of the medians (they are in the JSON)."
-            )
+    add_notes(results, args.busy_threshold)
     results["interrupted"] = interrupted
 
     json_path = results_dir / f"{stem}.json"

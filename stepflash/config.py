@@ -147,6 +147,9 @@ class Settings(BaseSettings):
         False, description="Allow binding a non-loopback address without authentication."
     )
     cache_dir: Path = Field(Path.home() / ".cache" / "stepflash")
+    telemetry: bool = Field(
+        False, description="FastAPI's native OpenTelemetry tracing, metrics and logs."
+    )
     retry_after_seconds: int = Field(
         2, ge=1, description="Retry-After sent when the queue is full."
     )

@@ -7,16 +7,17 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from stepflash.api.body import body_schema, parse_body
 from stepflash.api.deps import FastJSONResponse, backend_headers, chat_service
-from stepflash.api.disconnect import ClientDisconnected, unless_disconnected
+from stepflash.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from stepflash.core.completion import accumulate
 from stepflash.core.errors import ErrorKind, StepflashError
 from stepflash.protocol import openai
 from stepflash.protocol.sse import sse_event
-from stepflash.serving.chat import ChatService, OpenedStream
+from stepflash.serving.chat import OpenedStream
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
@@ -46,22 +47,26 @@ async def _sse(encoder: openai.ChatCompletionEncoder, stream: OpenedStream) -> A
     yield sse_event("[DONE]")
 
 
-@router.post("/chat/completions", responses=ERROR_RESPONSES, response_model=None)
-async def create_chat_completion(
-    body: openai.ChatCompletionRequest,
-    request: Request,
-    chat: ChatService = Depends(chat_service),
-) -> Response:
+@router.post(
+    "/chat/completions",
+    responses=ERROR_RESPONSES,
+    response_model=None,
+    openapi_extra=body_schema(openai.ChatCompletionRequest),
+)
+async def create_chat_completion(request: Request) -> Response:
+    body = await parse_body(request, openai.ChatCompletionRequest)
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
-    stream = await chat.open_stream(openai.decode(body))
-    headers = {**backend_headers(stream.model), "x-request-id": completion_id}
     encoder = openai.ChatCompletionEncoder(body, completion_id)
-    if body.stream:
-        return StreamingResponse(
-            _sse(encoder, stream), media_type="text/event-stream", headers=headers
-        )
     try:
-        completion = await unless_disconnected(request, accumulate(aiter(stream)))
+        async with cancel_on_disconnect(request):
+            stream = await chat_service(request).open_stream(openai.decode(body))
+            headers = {**backend_headers(stream.model), "x-request-id": completion_id}
+            if body.stream:
+                # From here on Starlette cancels the stream if the client goes away.
+                return StreamingResponse(
+                    _sse(encoder, stream), media_type="text/event-stream", headers=headers
+                )
+            completion = await accumulate(aiter(stream))
     except ClientDisconnected:
         return Response(status_code=499)
     return FastJSONResponse(encoder.body(completion), headers=headers)

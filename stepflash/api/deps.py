@@ -12,8 +12,8 @@ from stepflash.serving.catalog import ServedModel
 from stepflash.serving.chat import ChatService
 
 
-async def chat_service(request: Request) -> ChatService:
-    """Async on purpose: FastAPI runs a plain `def` dependency in a thread pool per request."""
+def chat_service(request: Request) -> ChatService:
+    """Called directly, not through Depends: dependency injection costs on the hot path."""
     return request.app.state.chat
 
 

@@ -15,7 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stepflash.core.errors import ErrorKind, StepflashError, invalid
+from stepflash.api.body import describe_validation_error
+from stepflash.core.errors import ErrorKind, StepflashError
 from stepflash.protocol import openai
 
 log = logging.getLogger(__name__)
@@ -28,21 +29,8 @@ def error_response(error: StepflashError) -> JSONResponse:
     return JSONResponse(openai.error_body(error), status_code=error.status, headers=headers)
 
 
-def _describe(errors: list[dict]) -> tuple[str, str | None]:
-    """The first validation problem as a sentence and the dotted path of the field at fault."""
-    first = errors[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    if first.get("type") == "json_invalid":
-        return f"the request body is not valid JSON: {first.get('msg')}", None
-    if not location:
-        return f"the request body is invalid: {first.get('msg')}", None
-    param = ".".join(location)
-    return f"invalid value for {param}: {first.get('msg')}", param
-
-
 async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    message, param = _describe(list(exc.errors()))
-    return error_response(invalid(message, param))
+    return error_response(describe_validation_error(list(exc.errors())))
 
 
 async def _on_stepflash_error(request: Request, exc: StepflashError) -> JSONResponse:

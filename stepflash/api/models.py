@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 
 from stepflash.api.deps import chat_service
 from stepflash.serving.catalog import ServedModel
-from stepflash.serving.chat import ChatService
 
 router = APIRouter(tags=["models"])
 CREATED = 1_767_225_600  # 2026-01-01: a fixed, honest "created" for locally served models
@@ -32,12 +31,10 @@ def _entry(model: ServedModel) -> dict[str, Any]:
 
 
 @router.get("/models")
-async def list_models(chat: ChatService = Depends(chat_service)) -> dict[str, Any]:
-    return {"object": "list", "data": [_entry(model) for model in chat.catalog.all()]}
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [_entry(m) for m in chat_service(request).catalog.all()]}
 
 
 @router.get("/models/{model_id:path}")
-async def retrieve_model(
-    model_id: str, chat: ChatService = Depends(chat_service)
-) -> dict[str, Any]:
-    return _entry(chat.catalog.get(model_id))
+async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
+    return _entry(chat_service(request).catalog.get(model_id))

@@ -77,7 +77,8 @@ def _stream_answer(client: openai.OpenAI, state: ChatState, console: Console) ->
             if chunk.usage:
                 console.print(
                     f"\n[dim]{chunk.usage.prompt_tokens} prompt + "
-                    f"{chunk.usage.completion_tokens} completion tokens[/dim]"
+                    f"{chunk.usage.completion_tokens} completion tokens[/dim]",
+                    highlight=False,
                 )
     except KeyboardInterrupt:
         console.print("\n[yellow]stopped[/yellow]")
