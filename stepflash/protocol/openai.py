@@ -294,6 +294,15 @@ def decode(body: ChatCompletionRequest) -> ChatRequest:
 # -- encoding ------------------------------------------------------------------------------
 
 
+def tool_call_json(call: ToolCall) -> dict[str, Any]:
+    """A finished call as OpenAI writes it in a message."""
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
 def encode_usage(usage: Usage) -> dict[str, Any]:
     """OpenAI's usage object plus StepFun's top-level `cached_tokens`."""
     return {
@@ -378,14 +387,7 @@ class ChatCompletionEncoder:
             if choice.reasoning:
                 message[self._reasoning_field] = choice.reasoning
             if choice.tool_calls:
-                message["tool_calls"] = [
-                    {
-                        "id": call.id,
-                        "type": "function",
-                        "function": {"name": call.name, "arguments": call.arguments},
-                    }
-                    for call in choice.tool_calls
-                ]
+                message["tool_calls"] = [tool_call_json(call) for call in choice.tool_calls]
             choices.append(
                 {
                     "index": choice.index,

@@ -31,6 +31,7 @@ from stepflash.core.request import (
     Role,
     ToolChoiceMode,
 )
+from stepflash.protocol.openai import tool_call_json
 
 
 class EffortPassing(StrEnum):
@@ -46,14 +47,7 @@ def _message(message: Message) -> dict[str, Any]:
     encoded: dict[str, Any] = {"role": message.role.value, "content": message.text}
     if message.role is Role.ASSISTANT:
         if message.tool_calls:
-            encoded["tool_calls"] = [
-                {
-                    "id": call.id,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments},
-                }
-                for call in message.tool_calls
-            ]
+            encoded["tool_calls"] = [tool_call_json(call) for call in message.tool_calls]
         if message.reasoning:
             # The Step template reads earlier reasoning from `reasoning_content`.
             encoded["reasoning_content"] = message.reasoning
@@ -80,27 +74,35 @@ def _response_format(request: ChatRequest) -> dict[str, Any] | None:
     return None
 
 
-def encode_request(
-    request: ChatRequest, upstream_model: str, effort: EffortPassing, max_tokens: int | None
-) -> dict[str, Any]:
-    """The upstream body: streamed as the caller streams, always with usage, effort where the
-    upstream reads it."""
-    body: dict[str, Any] = {
-        "model": upstream_model,
-        "messages": [_message(message) for message in request.messages],
+def sampling_fields(request: ChatRequest) -> dict[str, Any]:
+    """What chat and raw completion bodies share: streaming, sampling, limits, stops."""
+    fields: dict[str, Any] = {
         "stream": request.stream,
         "temperature": request.sampling.temperature,
         "top_p": request.sampling.top_p,
         "n": request.n,
     }
     if request.stream:
-        body["stream_options"] = {"include_usage": True}
-    if max_tokens is not None:
-        body["max_tokens"] = max_tokens
+        fields["stream_options"] = {"include_usage": True}
+    if request.max_tokens is not None:
+        fields["max_tokens"] = request.max_tokens
     if request.sampling.seed is not None:
-        body["seed"] = request.sampling.seed
+        fields["seed"] = request.sampling.seed
     if request.sampling.stop:
-        body["stop"] = list(request.sampling.stop)
+        fields["stop"] = list(request.sampling.stop)
+    return fields
+
+
+def encode_request(
+    request: ChatRequest, upstream_model: str, effort: EffortPassing
+) -> dict[str, Any]:
+    """The upstream body: streamed as the caller streams, always with usage, effort where the
+    upstream reads it."""
+    body: dict[str, Any] = {
+        "model": upstream_model,
+        "messages": [_message(message) for message in request.messages],
+        **sampling_fields(request),
+    }
     if request.tools:
         body["tools"] = [
             {

@@ -25,7 +25,7 @@ from stepflash.engines.upstream.transport import (
     fetch_json,
     open_event_stream,
 )
-from stepflash.protocol.openai_client import decode_usage
+from stepflash.protocol.openai_client import decode_usage, sampling_fields
 
 
 def _new_call_id() -> str:
@@ -78,25 +78,10 @@ class CompletionsReplica:
         self._bos = BOS if write_bos else ""
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.target.upstream_model,
-            "prompt": render_prompt(
-                request.messages, request.offered_tools, request.effort, bos=self._bos
-            ),
-            "stream": request.stream,
-            "temperature": request.sampling.temperature,
-            "top_p": request.sampling.top_p,
-            "n": request.n,
-        }
-        if request.stream:
-            body["stream_options"] = {"include_usage": True}
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
-        if request.sampling.seed is not None:
-            body["seed"] = request.sampling.seed
-        if request.sampling.stop:
-            body["stop"] = list(request.sampling.stop)
-        return body
+        prompt = render_prompt(
+            request.messages, request.offered_tools, request.effort, bos=self._bos
+        )
+        return {"model": self.target.upstream_model, "prompt": prompt, **sampling_fields(request)}
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
         choices: dict[int, _Choice] = {}

@@ -61,7 +61,7 @@ class OpenAIChatReplica:
         self._effort = effort
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
-        body = encode_request(request, self.target.upstream_model, self._effort, request.max_tokens)
+        body = encode_request(request, self.target.upstream_model, self._effort)
         decoder = ChunkDecoder()
         url = f"{self.target.url}/chat/completions"
         target = self.target
