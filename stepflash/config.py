@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from stepflash.core.request import MediaKind
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -67,6 +69,7 @@ class LimitSettings(_Section):
     max_n: int = Field(5, ge=1, le=16)
     max_stop_sequences: int = Field(16, ge=0)
     max_stop_length: int = Field(256, ge=1)
+    max_media_parts: int = Field(16, ge=0, description="Images and videos per request.")
     default_max_tokens: int = Field(
         4096, ge=1, description="Answer budget when the caller sets none."
     )
@@ -97,6 +100,17 @@ class ModelSettings(_Section):
         False, description="completions: write BOS into the prompt (most servers add it)."
     )
     effort: Literal["top_level", "chat_template_kwargs", "both", "none"] = "both"
+    media: list[MediaKind] | None = Field(
+        None,
+        description="Media the model takes besides text. Default: image and video for openai "
+        "backends; none for completions backends (images need a server that reads llama.cpp's "
+        "multimodal prompt) and for the embedded models.",
+    )
+    image_placeholder: str = Field(
+        "<im_patch>",
+        min_length=1,
+        description="completions: what marks an image in the prompt (llama.cpp: <__media__>).",
+    )
     connect_timeout: float = Field(5.0, gt=0)
     read_timeout: float = Field(120.0, gt=0, description="Longest silence between chunks.")
     max_attempts: int = Field(3, ge=1, le=10)
@@ -111,7 +125,11 @@ class ModelSettings(_Section):
         if self.backend is BackendKind.EMBEDDED:
             if self.replicas:
                 raise ValueError("an embedded backend takes no replicas")
+            if self.media:
+                raise ValueError("the embedded models read text only; leave media out")
             return self
+        if self.backend is BackendKind.COMPLETIONS and MediaKind.VIDEO in (self.media or ()):
+            raise ValueError("a completions backend can take images but not video")
         if not self.replicas:
             raise ValueError(f"a {self.backend} backend needs at least one replica URL")
         for url in self.replicas:
@@ -120,6 +138,12 @@ class ModelSettings(_Section):
         if self.api_key_env and self.api_key_env not in os.environ:
             raise ValueError(f"the environment variable {self.api_key_env} is not set")
         return self
+
+    @property
+    def accepted_media(self) -> frozenset[MediaKind]:
+        if self.media is not None:
+            return frozenset(self.media)
+        return frozenset(MediaKind) if self.backend is BackendKind.OPENAI else frozenset()
 
     @property
     def api_key(self) -> str | None:

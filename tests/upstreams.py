@@ -139,13 +139,21 @@ class ScriptedUpstream:
         }
         if script.tool_calls:
             message["tool_calls"] = [
-                {"id": f"call_up_{i}", "type": "function",
-                 "function": {"name": name, "arguments": "".join(fragments)}}
+                {
+                    "id": f"call_up_{i}",
+                    "type": "function",
+                    "function": {"name": name, "arguments": "".join(fragments)},
+                }
                 for i, (name, fragments) in enumerate(script.tool_calls)
             ]
-        return {"id": "chatcmpl-upstream", "object": "chat.completion", "created": 1,
-                "model": "stepfun-ai/Step-3.7-Flash", "usage": self._usage(),
-                "choices": [{"index": 0, "message": message, "finish_reason": script.finish}]}
+        return {
+            "id": "chatcmpl-upstream",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "stepfun-ai/Step-3.7-Flash",
+            "usage": self._usage(),
+            "choices": [{"index": 0, "message": message, "finish_reason": script.finish}],
+        }
 
     async def _completions(self, request: Request) -> Response:
         body = await request.json()
@@ -153,17 +161,28 @@ class ScriptedUpstream:
         if self.mode == "error500":
             return JSONResponse({"error": {"message": "slot unavailable"}}, status_code=500)
         if not body.get("stream"):
-            return JSONResponse({
-                "id": "cmpl-raw", "object": "text_completion", "created": 1, "model": "x",
-                "choices": [{"index": 0, "text": self.raw.text, "finish_reason": self.raw.finish}],
-                "usage": self._raw_usage(1)})
+            return JSONResponse(
+                {
+                    "id": "cmpl-raw",
+                    "object": "text_completion",
+                    "created": 1,
+                    "model": "x",
+                    "choices": [
+                        {"index": 0, "text": self.raw.text, "finish_reason": self.raw.finish}
+                    ],
+                    "usage": self._raw_usage(1),
+                }
+            )
         return StreamingResponse(self._raw_events(), media_type="text/event-stream")
 
     @staticmethod
     def _raw_usage(completion_tokens: int) -> dict[str, Any]:
-        return {"prompt_tokens": 1500, "completion_tokens": completion_tokens,
-                "total_tokens": 1500 + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": 1024}}
+        return {
+            "prompt_tokens": 1500,
+            "completion_tokens": completion_tokens,
+            "total_tokens": 1500 + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 1024},
+        }
 
     async def _raw_events(self) -> AsyncIterator[bytes]:
         raw = self.raw

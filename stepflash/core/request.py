@@ -26,12 +26,38 @@ class Effort(StrEnum):
     HIGH = "high"
 
 
+class MediaKind(StrEnum):
+    """What a non-text part carries; engines declare which kinds they accept."""
+
+    IMAGE = "image"
+    VIDEO = "video"
+
+
 @dataclass(frozen=True, slots=True)
 class TextPart:
     text: str
 
 
-Part = TextPart
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image by reference: an http(s) URL, a `data:image/...;base64,` URL or `stepfile://`.
+
+    `detail` is `low` or `high` when the caller chose one, else None (the model's default).
+    """
+
+    url: str
+    detail: str | None = None
+    kind = MediaKind.IMAGE
+
+
+@dataclass(frozen=True, slots=True)
+class VideoPart:
+    url: str
+    kind = MediaKind.VIDEO
+
+
+MediaPart = ImagePart | VideoPart
+Part = TextPart | MediaPart
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +82,10 @@ class Message:
     def text(self) -> str:
         """All text parts joined: what a text-only template writes for this message."""
         return "".join(part.text for part in self.parts if isinstance(part, TextPart))
+
+    @property
+    def has_media(self) -> bool:
+        return any(not isinstance(part, TextPart) for part in self.parts)
 
 
 @dataclass(frozen=True, slots=True)

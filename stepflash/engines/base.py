@@ -6,12 +6,13 @@ from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from stepflash.core.events import Event
-from stepflash.core.request import ChatRequest
+from stepflash.core.request import ChatRequest, MediaKind
 
 
 class Engine(Protocol):
     kind: str
     model_name: str
+    media: frozenset[MediaKind]  # the media parts it can take besides text
 
     @property
     def context_length(self) -> int: ...

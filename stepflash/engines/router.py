@@ -23,7 +23,7 @@ from typing import Protocol
 
 from stepflash.core.errors import ErrorKind, StepflashError
 from stepflash.core.events import Event
-from stepflash.core.request import ChatRequest
+from stepflash.core.request import ChatRequest, MediaKind
 from stepflash.engines.upstream.transport import StreamCut, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class ReplicaEngine(Protocol):
     kind: str
     model_name: str
     context_length: int
+    media: frozenset[MediaKind]
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[Event, None]: ...
 
@@ -94,6 +95,7 @@ class Router:
         self.kind = first.kind
         self.model_name = first.model_name
         self.context_length = first.context_length
+        self.media = first.media
         self._health_task: asyncio.Task[None] | None = None
 
     @property

@@ -27,7 +27,9 @@ from stepflash.core.events import (
 from stepflash.core.request import (
     ChatRequest,
     Effort,
+    ImagePart,
     Message,
+    Part,
     ResponseFormat,
     ResponseFormatType,
     Role,
@@ -37,6 +39,7 @@ from stepflash.core.request import (
     ToolCall,
     ToolChoice,
     ToolChoiceMode,
+    VideoPart,
 )
 
 TOOL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$"
@@ -198,32 +201,31 @@ class ChatCompletionRequest(_Wire):
 # -- decoding ------------------------------------------------------------------------------
 
 
-def _text_parts(content: str | list[Any] | None, where: str) -> tuple[TextPart, ...]:
+def _parts(content: str | list[Any] | None) -> tuple[Part, ...]:
+    """Content parts in order; whether the model takes images or video is checked later."""
     if content is None:
         return ()
     if isinstance(content, str):
         return (TextPart(content),)
-    parts: list[TextPart] = []
-    for position, part in enumerate(content):
-        if not isinstance(part, TextContent):
-            raise StepflashError(
-                ErrorKind.UNSUPPORTED_CONTENT,
-                f"{where}.content[{position}] is {part.type}: this model accepts text only; "
-                "send the content as text or use a vision model",
-                param=f"{where}.content[{position}]",
-                code="unsupported_content_type",
-            )
-        parts.append(TextPart(part.text))
+    parts: list[Part] = []
+    for part in content:
+        match part:
+            case TextContent():
+                parts.append(TextPart(part.text))
+            case ImageContent(image_url=image):
+                detail = None if image.detail in (None, "auto") else image.detail
+                parts.append(ImagePart(image.url, detail))
+            case VideoContent(video_url=video):
+                parts.append(VideoPart(video.url))
     return tuple(parts)
 
 
-def _decode_message(message: Any, position: int) -> Message:
-    where = f"messages[{position}]"
+def _decode_message(message: Any) -> Message:
     match message:
         case SystemMessage():
-            return Message(Role.SYSTEM, _text_parts(message.content, where), name=message.name)
+            return Message(Role.SYSTEM, _parts(message.content), name=message.name)
         case UserMessage():
-            return Message(Role.USER, _text_parts(message.content, where), name=message.name)
+            return Message(Role.USER, _parts(message.content), name=message.name)
         case AssistantMessage():
             calls = tuple(
                 ToolCall(call.id, call.function.name, call.function.arguments)
@@ -231,14 +233,12 @@ def _decode_message(message: Any, position: int) -> Message:
             )
             return Message(
                 Role.ASSISTANT,
-                _text_parts(message.content, where),
+                _parts(message.content),
                 tool_calls=calls,
                 reasoning=message.reasoning or message.reasoning_content,
             )
         case ToolMessage():
-            return Message(
-                Role.TOOL, _text_parts(message.content, where), tool_call_id=message.tool_call_id
-            )
+            return Message(Role.TOOL, _parts(message.content), tool_call_id=message.tool_call_id)
     raise AssertionError(f"unhandled message type {type(message).__name__}")
 
 
@@ -273,7 +273,7 @@ def decode(body: ChatCompletionRequest) -> ChatRequest:
     )
     return ChatRequest(
         model=body.model,
-        messages=tuple(_decode_message(m, i) for i, m in enumerate(body.messages)),
+        messages=tuple(_decode_message(message) for message in body.messages),
         max_tokens=body.max_completion_tokens or body.max_tokens,
         n=body.n or 1,
         tools=tools,

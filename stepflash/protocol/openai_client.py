@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, assert_never
 
 from stepflash.core.events import (
     Event,
@@ -26,10 +26,14 @@ from stepflash.core.events import (
 )
 from stepflash.core.request import (
     ChatRequest,
+    ImagePart,
     Message,
+    Part,
     ResponseFormatType,
     Role,
+    TextPart,
     ToolChoiceMode,
+    VideoPart,
 )
 from stepflash.protocol.openai import tool_call_json
 
@@ -43,8 +47,24 @@ class EffortPassing(StrEnum):
     NONE = "none"
 
 
+def _content_part(part: Part) -> dict[str, Any]:
+    match part:
+        case TextPart(text=text):
+            return {"type": "text", "text": text}
+        case ImagePart(url=url, detail=detail):
+            image = {"url": url} if detail is None else {"url": url, "detail": detail}
+            return {"type": "image_url", "image_url": image}
+        case VideoPart(url=url):
+            return {"type": "video_url", "video_url": {"url": url}}
+    assert_never(part)
+
+
 def _message(message: Message) -> dict[str, Any]:
-    encoded: dict[str, Any] = {"role": message.role.value, "content": message.text}
+    """Text-only content goes as a plain string, the form every upstream template reads."""
+    content: Any = message.text
+    if message.has_media:
+        content = [_content_part(part) for part in message.parts]
+    encoded: dict[str, Any] = {"role": message.role.value, "content": content}
     if message.role is Role.ASSISTANT:
         if message.tool_calls:
             encoded["tool_calls"] = [tool_call_json(call) for call in message.tool_calls]

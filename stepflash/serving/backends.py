@@ -51,10 +51,21 @@ def _router(model: ModelSettings, session: aiohttp.ClientSession) -> Router:
         )
         engine: ReplicaEngine
         if model.backend is BackendKind.COMPLETIONS:
-            engine = CompletionsReplica(target, session, model.context_length, model.write_bos)
+            engine = CompletionsReplica(
+                target,
+                session,
+                model.context_length,
+                model.write_bos,
+                model.accepted_media,
+                model.image_placeholder,
+            )
         else:
             engine = OpenAIChatReplica(
-                target, session, EffortPassing(model.effort), model.context_length
+                target,
+                session,
+                EffortPassing(model.effort),
+                model.context_length,
+                model.accepted_media,
             )
         probe = None
         if model.health_path:

@@ -45,7 +45,7 @@ class ChatService:
 
     async def open_stream(self, request: ChatRequest) -> OpenedStream:
         model = self.catalog.get(request.model)
-        validate(request, self._limits)
+        validate(request, self._limits, model.engine.media)
         events = model.engine.stream(request)
         try:
             first = await anext(events)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from stepflash.config import LimitSettings
-from stepflash.core.errors import invalid
-from stepflash.core.request import ChatRequest, Role, ToolChoiceMode
+from stepflash.core.errors import ErrorKind, StepflashError, invalid
+from stepflash.core.request import ChatRequest, MediaKind, Role, TextPart, ToolChoiceMode
+
+_MEDIA_NAMES = {MediaKind.IMAGE: "an image", MediaKind.VIDEO: "a video"}
 
 
-def validate(request: ChatRequest, limits: LimitSettings) -> None:
-    """Raise a 400 that says what to fix, or return if the request can be served."""
+def validate(
+    request: ChatRequest, limits: LimitSettings, media: frozenset[MediaKind] = frozenset()
+) -> None:
+    """Raise a 400 that says what to fix, or return if the request can be served.
+
+    `media` is what the serving engine accepts besides text.
+    """
     if not request.messages:
         raise invalid("messages must contain at least one message", "messages")
     if len(request.messages) > limits.max_messages:
@@ -23,6 +30,7 @@ def validate(request: ChatRequest, limits: LimitSettings) -> None:
     _validate_tool_choice(request)
     _validate_stop(request, limits)
     _validate_tool_results(request)
+    _validate_media(request, limits, media)
     if all(message.role is Role.SYSTEM for message in request.messages):
         raise invalid("messages must contain at least one non-system message", "messages")
 
@@ -59,3 +67,31 @@ def _validate_tool_results(request: ChatRequest) -> None:
                     f"messages[{position}].tool_call_id",
                 )
             open_calls.discard(message.tool_call_id)
+
+
+def _validate_media(
+    request: ChatRequest, limits: LimitSettings, accepted: frozenset[MediaKind]
+) -> None:
+    """Media the model cannot see is refused, never silently dropped (StepFun does the same)."""
+    count = 0
+    for position, message in enumerate(request.messages):
+        for index, part in enumerate(message.parts):
+            if isinstance(part, TextPart):
+                continue
+            param = f"messages[{position}].content[{index}]"
+            if part.kind not in accepted:
+                kinds = ["text", *(f"{kind.value}s" for kind in sorted(accepted))]
+                takes = " and ".join(kinds) if len(kinds) < 3 else "text, images and videos"
+                raise StepflashError(
+                    ErrorKind.UNSUPPORTED_CONTENT,
+                    f"{param} is {_MEDIA_NAMES[part.kind]}, but {request.model} takes {takes} "
+                    f"only; send text or choose a model that accepts {part.kind.value}s",
+                    param=param,
+                    code="unsupported_content_type",
+                )
+            count += 1
+            if count > limits.max_media_parts:
+                raise invalid(
+                    f"at most {limits.max_media_parts} images and videos are allowed per request",
+                    param,
+                )

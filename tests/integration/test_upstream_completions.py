@@ -58,6 +58,12 @@ name = "step-3.7-flash"
 backend = "completions"
 replicas = ["{raw_upstream.url}"]
 upstream_model = "step-3.7-flash-gguf"
+
+[[models]]
+name = "step-3.7-flash-vision"
+backend = "completions"
+replicas = ["{raw_upstream.url}"]
+media = ["image"]
 """)
     server = start_server(session_tmp, None, config=config)
     yield server
@@ -170,3 +176,66 @@ def test_tool_results_go_back_in_step_format(
     assert (
         "<|im_start|>tool_response\n<tool_response>18C, sunny</tool_response><|im_end|>" in prompt
     )
+
+
+# The smallest valid PNG: one transparent pixel.
+PIXEL_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kg"
+    "AAAABJRU5ErkJggg=="
+)
+
+
+def image_question(url: str) -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in "},
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": "?"},
+            ],
+        }
+    ]
+
+
+def test_images_are_placeholders_in_the_prompt_and_sent_inline(
+    client: openai.OpenAI, raw_upstream: ScriptedUpstream
+) -> None:
+    completion = client.chat.completions.create(
+        model="step-3.7-flash-vision",
+        messages=image_question(f"data:image/png;base64,{PIXEL_PNG}"),
+    )
+    assert completion.choices[0].message.content == "Hello! How can I help?"
+    prompt = raw_upstream.requests[-1]["prompt"]
+    assert prompt["multimodal_data"] == [PIXEL_PNG]
+    assert "<|im_start|>user\nWhat is in <im_patch>?<|im_end|>\n" in prompt["prompt_string"]
+
+
+def test_a_remote_image_url_is_refused_by_a_raw_backend(
+    client: openai.OpenAI, raw_upstream: ScriptedUpstream
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="step-3.7-flash-vision", messages=image_question("https://example.com/cat.png")
+        )
+    error = caught.value.body
+    assert error["param"] == "messages[0].content[1].image_url.url"
+    assert "data:image/" in error["message"]
+    assert not raw_upstream.requests, "nothing reaches the upstream"
+
+
+def test_images_to_a_text_only_backend_are_refused_by_name(
+    client: openai.OpenAI, raw_upstream: ScriptedUpstream
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="step-3.7-flash",
+            messages=image_question(f"data:image/png;base64,{PIXEL_PNG}"),
+        )
+    error = caught.value.body
+    assert (error["code"], error["param"]) == (
+        "unsupported_content_type",
+        "messages[0].content[1]",
+    )
+    assert "takes text only" in error["message"]
+    assert not raw_upstream.requests

@@ -83,6 +83,12 @@ backend = "openai"
 replicas = ["{upstreams["a"].url}", "{upstreams["b"].url}"]
 
 [[models]]
+name = "step-3.5-flash"
+backend = "openai"
+replicas = ["{upstreams["vllm"].url}"]
+media = []
+
+[[models]]
 name = "all-dead"
 backend = "openai"
 replicas = ["{dead}"]
@@ -281,3 +287,35 @@ def test_sse_order_is_strict_for_every_upstream_flavour(gateway: LiveServer) -> 
         )
         chunks = check_chat_chunks(parse_sse(response.text))
         assert chunks[-1]["usage"]["prompt_tokens"] == 812
+
+
+def test_image_and_video_parts_reach_the_upstream_in_order(
+    client: openai.OpenAI, upstreams: dict[str, ScriptedUpstream]
+) -> None:
+    content = [
+        {"type": "video_url", "video_url": {"url": "https://example.com/clip.mp4"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
+        {"type": "text", "text": "What happens here?"},
+    ]
+    client.chat.completions.create(
+        model="step-3.7-flash", messages=[{"role": "user", "content": content}]
+    )
+    sent = upstreams["sglang"].requests[-1]["messages"][0]["content"]
+    assert sent == content
+
+
+def test_media_to_a_text_only_upstream_model_is_a_400(
+    client: openai.OpenAI, upstreams: dict[str, ScriptedUpstream]
+) -> None:
+    content = [
+        {"type": "text", "text": "Describe"},
+        {"type": "video_url", "video_url": {"url": "https://example.com/clip.mp4"}},
+    ]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="step-3.5-flash", messages=[{"role": "user", "content": content}]
+        )
+    assert caught.value.body["code"] == "unsupported_content_type"
+    assert caught.value.body["param"] == "messages[0].content[1]"
+    assert "is a video" in caught.value.body["message"]
+    assert not upstreams["vllm"].requests

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from stepflash.config import ConfigError, load_settings
+from stepflash.core.request import MediaKind
 
 
 def test_defaults_need_no_file() -> None:
@@ -102,4 +103,20 @@ def test_duplicate_names_and_unknown_step_plan_candidates(tmp_path: Path) -> Non
         + '[step_plan]\ncandidates = ["nope"]\n'
     )
     with pytest.raises(ConfigError, match="unknown models"):
+        load_settings(config)
+
+
+def test_media_defaults_by_backend_and_impossible_media_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "stepflash.toml"
+    config.write_text(UPSTREAM.format(backend="openai", replicas='["http://x/v1"]'))
+    assert load_settings(config).models[1].accepted_media == {MediaKind.IMAGE, MediaKind.VIDEO}
+    config.write_text(UPSTREAM.format(backend="completions", replicas='["http://x/v1"]'))
+    assert load_settings(config).models[1].accepted_media == frozenset()
+    config.write_text(config.read_text() + 'media = ["image"]\n')
+    assert load_settings(config).models[1].accepted_media == {MediaKind.IMAGE}
+    config.write_text(config.read_text().replace('["image"]', '["image", "video"]'))
+    with pytest.raises(ConfigError, match="images but not video"):
+        load_settings(config)
+    config.write_text(UPSTREAM.format(backend="embedded", replicas="[]") + 'media = ["image"]\n')
+    with pytest.raises(ConfigError, match="read text only"):
         load_settings(config)

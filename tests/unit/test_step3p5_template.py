@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stepflash.core.request import Effort, Message, Role, TextPart, Tool, ToolCall
+from stepflash.core.request import Effort, ImagePart, Message, Role, TextPart, Tool, ToolCall
 from stepflash.dialects.step3p5.template import BOS, TOOLS_INSTRUCTION, render_prompt
 
 WEATHER = Tool(
@@ -214,3 +214,24 @@ def test_arguments_that_are_not_an_object_are_kept_as_text() -> None:
     empty = assistant("", None, ToolCall("c", "search", ""))
     assert "<parameter=arguments>\nnot json\n</parameter>\n" in render_prompt((broken,))
     assert "<function=search>\n</function>" in render_prompt((empty,))
+
+
+def test_images_are_placeholders_where_they_stand_among_the_text() -> None:
+    photo = ImagePart("data:image/png;base64,AAAA")
+    message = Message(Role.USER, (TextPart("Compare "), photo, TextPart(" and "), photo))
+    prompt = render_prompt((message,), bos="")
+    assert prompt == (
+        "<|im_start|>user\nCompare <im_patch> and <im_patch><|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n"
+    )
+    assert "<__media__>" in render_prompt((message,), bos="", image_placeholder="<__media__>")
+
+
+def test_an_image_message_stays_the_last_query_for_reasoning() -> None:
+    """An image-only question is a real user turn: later assistant turns keep their reasoning."""
+    question = Message(Role.USER, (ImagePart("data:image/png;base64,AAAA"),))
+    answer = Message(Role.ASSISTANT, (TextPart("A cat."),), reasoning="Whiskers.")
+    prompt = render_prompt((question, answer), bos="", add_generation_prompt=False)
+    assert prompt.endswith(
+        "<|im_start|>assistant\n<think>\nWhiskers.\n</think>\nA cat.<|im_end|>\n"
+    )

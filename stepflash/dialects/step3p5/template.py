@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from stepflash.core.request import Effort, Message, Role, Tool, ToolCall
+from stepflash.core.request import Effort, Message, Role, TextPart, Tool, ToolCall
 from stepflash.dialects.step3p5.values import format_value
 
 BOS = "<\uff5cbegin\u2581of\u2581sentence\uff5c>"  # fullwidth bars, U+2581 for spaces
@@ -53,6 +53,10 @@ template as reproduced, identically, by several independent implementations. Rep
 if StepFun's template changes.
 """
 
+IMAGE_PLACEHOLDER = "<im_patch>"
+"""One per image, where the image sits among the text; the engine's processor expands it into
+the image's tokens. Configurable per backend: llama.cpp's server expects its own marker."""
+
 GENERATION_PROMPT = "<|im_start|>assistant\n<think>\n"
 """The model's output starts inside its reasoning: thinking cannot be switched off."""
 
@@ -66,6 +70,7 @@ def render_prompt(
     add_generation_prompt: bool = True,
     *,
     bos: str = BOS,
+    image_placeholder: str = IMAGE_PLACEHOLDER,
 ) -> str:
     """The whole prompt text; with `add_generation_prompt`, up to the open think block."""
     leading_system = messages[0] if messages and messages[0].role is Role.SYSTEM else None
@@ -73,7 +78,7 @@ def render_prompt(
     system = _system_content(leading_system, tools, effort)
     if system is not None:
         parts.append(_turn("system", system))
-    parts += _body(messages, start=1 if leading_system else 0)
+    parts += _body(messages, 1 if leading_system else 0, image_placeholder)
     if add_generation_prompt:
         parts.append(GENERATION_PROMPT)
     return "".join(parts)
@@ -108,7 +113,7 @@ def _tool_schema(tool: Tool) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _body(messages: tuple[Message, ...], start: int) -> Iterator[str]:
+def _body(messages: tuple[Message, ...], start: int, image_placeholder: str) -> Iterator[str]:
     """Every turn after the system turn; consecutive tool results share one turn."""
     last_query = _last_query_index(messages)
     results: list[str] = []
@@ -123,9 +128,19 @@ def _body(messages: tuple[Message, ...], start: int) -> Iterator[str]:
         if message.role is Role.ASSISTANT:
             yield _assistant_turn(message, keep_reasoning=position > last_query)
         else:
-            yield _turn(_role_name(message), message.text)
+            yield _turn(_role_name(message), _content(message, image_placeholder))
     if results:
         yield _tool_results_turn(results)
+
+
+def _content(message: Message, image_placeholder: str) -> str:
+    """Text and images in their order, each image as its placeholder.
+
+    Only images reach this template: a completions backend refuses video in its configuration.
+    """
+    return "".join(
+        part.text if isinstance(part, TextPart) else image_placeholder for part in message.parts
+    )
 
 
 def _last_query_index(messages: tuple[Message, ...]) -> int:

@@ -20,7 +20,7 @@ from llama_cpp import Llama
 from stepflash.config import Settings
 from stepflash.core.errors import invalid
 from stepflash.core.events import Event, Usage
-from stepflash.core.request import ChatRequest, Message, Role
+from stepflash.core.request import ChatRequest, MediaKind, Message, Role
 from stepflash.dialects.qwen.grammar import grammar_for
 from stepflash.dialects.qwen.template import THINK_CLOSE, render_prompt
 from stepflash.engines.embedded.generation import CallKey, GenerationJob, GenerationPlan, call_key
@@ -61,6 +61,7 @@ def _merge_choice_usage(total: Usage | None, choice: Usage) -> Usage:
 
 class EmbeddedEngine:
     kind = "embedded"
+    media: frozenset[MediaKind] = frozenset()  # the embedded models read text only
 
     def __init__(self, settings: Settings, llama: Llama, model_name: str) -> None:
         self._settings = settings

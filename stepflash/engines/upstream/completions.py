@@ -13,10 +13,11 @@ from typing import Any
 
 import aiohttp
 
+from stepflash.core.errors import invalid
 from stepflash.core.events import Event, Finish, FinishReason, ToolCallEnd, Usage
-from stepflash.core.request import ChatRequest
+from stepflash.core.request import ChatRequest, ImagePart, MediaKind
 from stepflash.dialects.step3p5 import Step3p5OutputParser
-from stepflash.dialects.step3p5.template import BOS, render_prompt
+from stepflash.dialects.step3p5.template import BOS, IMAGE_PLACEHOLDER, render_prompt
 from stepflash.engines.upstream.openai_chat import UpstreamTarget
 from stepflash.engines.upstream.transport import (
     Payload,
@@ -30,6 +31,24 @@ from stepflash.protocol.openai_client import decode_usage, sampling_fields
 
 def _new_call_id() -> str:
     return f"call_{secrets.token_hex(12)}"
+
+
+def _inline_images(request: ChatRequest) -> list[str]:
+    """The base64 payload of every image, in prompt order; a raw server cannot fetch URLs."""
+    images = []
+    for position, message in enumerate(request.messages):
+        for index, part in enumerate(message.parts):
+            if not isinstance(part, ImagePart):
+                continue
+            header, comma, data = part.url.partition(",")
+            if not (comma and header.startswith("data:image/") and header.endswith(";base64")):
+                raise invalid(
+                    "this model's backend takes images inline only: send the image as a "
+                    "data:image/...;base64, URL",
+                    f"messages[{position}].content[{index}].image_url.url",
+                )
+            images.append(data)
+    return images
 
 
 class _Choice:
@@ -69,18 +88,30 @@ class CompletionsReplica:
         session: aiohttp.ClientSession,
         context_length: int,
         write_bos: bool = False,
+        media: frozenset[MediaKind] = frozenset(),
+        image_placeholder: str = IMAGE_PLACEHOLDER,
     ) -> None:
         self.target = target
         self.model_name = target.upstream_model
         self.context_length = context_length
+        self.media = media
         self._session = session
         # Servers tokenize the prompt with special tokens, adding BOS themselves.
         self._bos = BOS if write_bos else ""
+        self._image_placeholder = image_placeholder
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
-        prompt = render_prompt(
-            request.messages, request.offered_tools, request.effort, bos=self._bos
+        """The raw prompt; with images, llama.cpp's multimodal prompt object around it."""
+        prompt: Any = render_prompt(
+            request.messages,
+            request.offered_tools,
+            request.effort,
+            bos=self._bos,
+            image_placeholder=self._image_placeholder,
         )
+        images = _inline_images(request)
+        if images:
+            prompt = {"prompt_string": prompt, "multimodal_data": images}
         return {"model": self.target.upstream_model, "prompt": prompt, **sampling_fields(request)}
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[Event, None]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from stepflash.core.events import Event, Usage
-from stepflash.core.request import ChatRequest
+from stepflash.core.request import ChatRequest, MediaKind
 from stepflash.engines.upstream.transport import (
     StreamCut,
     UpstreamTimeouts,
@@ -53,10 +53,12 @@ class OpenAIChatReplica:
         session: aiohttp.ClientSession,
         effort: EffortPassing,
         context_length: int,
+        media: frozenset[MediaKind] = frozenset(MediaKind),
     ) -> None:
         self.target = target
         self.model_name = target.upstream_model
         self.context_length = context_length
+        self.media = media
         self._session = session
         self._effort = effort
 
