@@ -10,19 +10,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from stepflash import __version__
-from stepflash.api import chat_completions, health, models
+from stepflash.api import chat_completions, health, messages, models
 from stepflash.api.body import install_body_schemas
 from stepflash.api.errors import BodySizeLimit, install_error_handlers
 from stepflash.config import Settings
 from stepflash.engines.base import Engine
 from stepflash.engines.upstream.transport import new_session
+from stepflash.protocol.anthropic import CountTokensRequest, MessagesRequest
 from stepflash.protocol.openai import ChatCompletionRequest
+from stepflash.protocol.signature import load_signer
 from stepflash.serving.backends import build_catalog
 from stepflash.serving.chat import ChatService
 
 log = logging.getLogger("stepflash")
 
-# The OpenAI-compatible API, also under StepFun's Step Plan base path.
+# The OpenAI and Anthropic APIs, also under StepFun's Step Plan base path (an Anthropic client
+# given the base URL `/step_plan` posts to `/step_plan/v1/messages`).
 API_PREFIXES = ("/v1", "/step_plan/v1")
 
 
@@ -62,11 +65,13 @@ def create_app(settings: Settings, embedded: Engine | None = None) -> FastAPI:
         else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    app.state.thinking_signer = load_signer(settings.thinking_signing_key, settings.cache_dir)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
     app.include_router(health.router)
     for prefix in API_PREFIXES:
         app.include_router(models.router, prefix=prefix)
         app.include_router(chat_completions.router, prefix=prefix)
-    install_body_schemas(app, [ChatCompletionRequest])
+        app.include_router(messages.router, prefix=prefix)
+    install_body_schemas(app, [ChatCompletionRequest, MessagesRequest, CountTokensRequest])
     return app

@@ -177,6 +177,15 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(
         2, ge=1, description="Retry-After sent when the queue is full."
     )
+    anthropic_ping_seconds: float = Field(
+        5.0, gt=0, le=300, description="Messages API: a ping event after this much silence."
+    )
+    thinking_signing_key: str | None = Field(
+        None,
+        min_length=16,
+        description="Key that signs thinking blocks; replicas must share it. Default: a random "
+        "key kept in cache_dir.",
+    )
     embedded: EmbeddedSettings = EmbeddedSettings()
     reasoning: ReasoningSettings = ReasoningSettings()
     limits: LimitSettings = LimitSettings()

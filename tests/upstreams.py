@@ -35,6 +35,7 @@ class Script:
     content: list[str] = field(default_factory=lambda: ["Hello", "! How can I", " help?"])
     tool_calls: list[tuple[str, list[str]]] = field(default_factory=list)  # name, arg fragments
     finish: str = "stop"
+    matched_stop: str | None = None  # vLLM reports it as `stop_reason`
     prompt_tokens: int = 812
     cached_tokens: int = 768
     completion_tokens: int = 23
@@ -94,6 +95,7 @@ class ScriptedUpstream:
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/completions", self._completions, methods=["POST"]),
                 Route("/v1/models", self._models),
+                Route("/tokenize", self._tokenize, methods=["POST"]),
             ]
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
@@ -109,6 +111,14 @@ class ScriptedUpstream:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+
+    async def _tokenize(self, request: Request) -> Response:
+        """vLLM's chat form answers `count`; a raw prompt gets llama.cpp's `tokens` list."""
+        body = await request.json()
+        self.requests.append(body)
+        if "messages" in body:
+            return JSONResponse({"count": len(json.dumps(body["messages"])) // 4})
+        return JSONResponse({"tokens": list(range(len(body["content"]) // 3))})
 
     async def _models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "stepfun-ai/Step-3.7-Flash"}]})
@@ -152,7 +162,14 @@ class ScriptedUpstream:
             "created": 1,
             "model": "stepfun-ai/Step-3.7-Flash",
             "usage": self._usage(),
-            "choices": [{"index": 0, "message": message, "finish_reason": script.finish}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": script.finish,
+                    "stop_reason": script.matched_stop,
+                }
+            ],
         }
 
     async def _completions(self, request: Request) -> Response:
@@ -220,13 +237,15 @@ class ScriptedUpstream:
 
     # -- the stream --------------------------------------------------------------------------
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def _chunk(
+        self, delta: dict[str, Any], finish: str | None = None, stop: str | None = None
+    ) -> bytes:
         chunk = {
             "id": "chatcmpl-upstream",
             "object": "chat.completion.chunk",
             "created": 1,
             "model": "stepfun-ai/Step-3.7-Flash",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "stop_reason": stop}],
         }
         return f"data: {json.dumps(chunk)}\n\n".encode()
 
@@ -280,7 +299,7 @@ class ScriptedUpstream:
                             ]
                         }
                     )
-            yield self._chunk({}, finish=self.script.finish)
+            yield self._chunk({}, finish=self.script.finish, stop=self.script.matched_stop)
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage_chunk = {
                     "id": "chatcmpl-upstream",

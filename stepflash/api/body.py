@@ -21,15 +21,29 @@ REF = "#/components/schemas/{model}"
 
 
 def describe_validation_error(errors: list[Any]) -> StepflashError:
-    """The first validation problem as a 400 naming the field at fault."""
-    first = errors[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    """The most specific validation problem as a 400 naming the field at fault.
+
+    For a value that may take several shapes (a string or a list of blocks), pydantic reports
+    one error per shape; the deepest one is about the shape the caller meant. Union branch
+    names such as `str` or `list[...]` are left out of the path.
+    """
+    first = max(errors, key=lambda error: len(error.get("loc", ())))
+    location = [
+        str(part) for part in first.get("loc", ()) if part != "body" and not _is_branch_name(part)
+    ]
     if first.get("type") == "json_invalid":
         return invalid(f"the request body is not valid JSON: {first.get('msg')}")
     if not location:
         return invalid(f"the request body is invalid: {first.get('msg')}")
     param = ".".join(location)
     return invalid(f"invalid value for {param}: {first.get('msg')}", param)
+
+
+def _is_branch_name(part: object) -> bool:
+    return isinstance(part, str) and (part in _BRANCH_TYPES or "[" in part)
+
+
+_BRANCH_TYPES = {"str", "int", "float", "bool", "dict", "list", "none", "function-after"}
 
 
 async def parse_body(request: Request, model: type[Model]) -> Model:

@@ -17,38 +17,45 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepflash.api.body import describe_validation_error
 from stepflash.core.errors import ErrorKind, StepflashError
-from stepflash.protocol import openai
+from stepflash.protocol import anthropic, openai
 
 log = logging.getLogger(__name__)
 
 
-def error_response(error: StepflashError) -> JSONResponse:
+def speaks_anthropic(path: str) -> bool:
+    """Whether the route answers in Anthropic's envelope (the Messages API) or OpenAI's."""
+    return path.endswith(("/messages", "/messages/count_tokens"))
+
+
+def error_response(error: StepflashError, path: str) -> JSONResponse:
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    return JSONResponse(openai.error_body(error), status_code=error.status, headers=headers)
+    protocol = anthropic if speaks_anthropic(path) else openai
+    return JSONResponse(protocol.error_body(error), status_code=error.status, headers=headers)
 
 
 async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(describe_validation_error(list(exc.errors())))
+    return error_response(describe_validation_error(list(exc.errors())), request.url.path)
 
 
 async def _on_stepflash_error(request: Request, exc: StepflashError) -> JSONResponse:
-    return error_response(exc)
+    return error_response(exc, request.url.path)
 
 
 async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
     kind = {404: ErrorKind.NOT_FOUND, 413: ErrorKind.PAYLOAD_TOO_LARGE}.get(exc.status_code)
     if kind is None:
         kind = ErrorKind.INVALID_REQUEST if exc.status_code < 500 else ErrorKind.INTERNAL
-    response = error_response(StepflashError(kind, str(exc.detail)))
+    response = error_response(StepflashError(kind, str(exc.detail)), request.url.path)
     response.status_code = exc.status_code
     return response
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(StepflashError(ErrorKind.INTERNAL, "internal error; see the server log"))
+    error = StepflashError(ErrorKind.INTERNAL, "internal error; see the server log")
+    return error_response(error, request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -77,7 +84,7 @@ class BodySizeLimit:
             return
         declared = dict(scope.get("headers", ())).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(self._too_large())(scope, receive, send)
+            await error_response(self._too_large(), scope["path"])(scope, receive, send)
             return
         received = 0
 

@@ -128,6 +128,7 @@ class ResponseFormat:
 class Sampling:
     temperature: float = 0.5
     top_p: float = 0.9
+    top_k: int | None = None  # None: the engine's own default
     seed: int | None = None
     stop: tuple[str, ...] = ()
 

@@ -31,6 +31,10 @@ class Engine(Protocol):
         """Events of all choices, then one `Usage`; request errors raise before the first event."""
         ...
 
+    async def count_prompt_tokens(self, request: ChatRequest) -> int:
+        """The prompt's token count as this engine renders and tokenizes it."""
+        ...
+
     async def start(self) -> None:
         """Begin background work (health checks); called once the event loop runs."""
         ...

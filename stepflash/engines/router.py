@@ -37,6 +37,8 @@ class ReplicaEngine(Protocol):
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[Event, None]: ...
 
+    async def count_prompt_tokens(self, request: ChatRequest) -> int: ...
+
 
 @dataclass(frozen=True, slots=True)
 class RouterPolicy:
@@ -148,6 +150,21 @@ class Router:
         raise StepflashError(
             ErrorKind.OVERLOADED,
             "no replica could serve the request: " + "; ".join(failures),
+            retry_after=self.policy.cooldown_seconds,
+        )
+
+    async def count_prompt_tokens(self, request: ChatRequest) -> int:
+        """Asked of the replicas in the order a request would go to them."""
+        failures: list[str] = []
+        for replica in self.order(request):
+            try:
+                return await replica.engine.count_prompt_tokens(request)
+            except UpstreamUnavailable as error:
+                self._bench(replica, str(error))
+                failures.append(f"{replica.name}: {error}")
+        raise StepflashError(
+            ErrorKind.OVERLOADED,
+            "no replica could count the tokens: " + "; ".join(failures),
             retry_after=self.policy.cooldown_seconds,
         )
 

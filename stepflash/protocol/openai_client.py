@@ -106,6 +106,8 @@ def sampling_fields(request: ChatRequest) -> dict[str, Any]:
         fields["stream_options"] = {"include_usage": True}
     if request.max_tokens is not None:
         fields["max_tokens"] = request.max_tokens
+    if request.sampling.top_k is not None:
+        fields["top_k"] = request.sampling.top_k  # SGLang, vLLM and llama.cpp read it
     if request.sampling.seed is not None:
         fields["seed"] = request.sampling.seed
     if request.sampling.stop:
@@ -153,6 +155,16 @@ def _finish_reason(value: str) -> FinishReason:
         return FinishReason.STOP  # e.g. "eos", "end_turn" from less strict upstreams
 
 
+def matched_stop(choice: dict[str, Any]) -> str | None:
+    """The stop string that ended a choice: vLLM says `stop_reason`, SGLang `matched_stop`
+    (either may be a token id instead, which is no stop *sequence*)."""
+    for key in ("matched_stop", "stop_reason"):
+        value = choice.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def decode_usage(usage: dict[str, Any]) -> Usage:
     """Read usage wherever this upstream put cached and reasoning tokens."""
     prompt_details = usage.get("prompt_tokens_details") or {}
@@ -180,6 +192,7 @@ def whole_as_chunk(body: dict[str, Any]) -> dict[str, Any]:
                 "index": choice.get("index", 0),
                 "delta": delta,
                 "finish_reason": choice.get("finish_reason") or "stop",
+                "matched_stop": matched_stop(choice),
             }
         )
     return {"choices": choices, "usage": body.get("usage")}
@@ -224,7 +237,8 @@ class ChunkDecoder:
         if choice.get("finish_reason"):
             events += [ToolCallEnd(ci, index) for ci in state.open_calls]
             state.open_calls.clear()
-            events.append(Finish(_finish_reason(choice["finish_reason"]), index))
+            reason = _finish_reason(choice["finish_reason"])
+            events.append(Finish(reason, index, matched_stop(choice)))
         return events
 
     def _tool_call(self, call: dict[str, Any], state: _ChoiceState, index: int) -> list[Event]:

@@ -43,6 +43,11 @@ class ChatService:
         self.catalog = catalog
         self._limits = limits
 
+    async def count_prompt_tokens(self, request: ChatRequest) -> int:
+        model = self.catalog.get(request.model)
+        validate(request, self._limits, model.engine.media)
+        return await model.engine.count_prompt_tokens(request)
+
     async def open_stream(self, request: ChatRequest) -> OpenedStream:
         model = self.catalog.get(request.model)
         validate(request, self._limits, model.engine.media)

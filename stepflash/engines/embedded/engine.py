@@ -118,11 +118,18 @@ class EmbeddedEngine:
         if total is not None:
             yield total
 
+    def _prompt(self, request: ChatRequest) -> list[int]:
+        budget = self._settings.reasoning.budget(request.effort)
+        instruction = self._settings.reasoning.instruction if budget > 0 else None
+        return self.tokenize(render_prompt(request.messages, request.offered_tools, instruction))
+
+    async def count_prompt_tokens(self, request: ChatRequest) -> int:
+        return len(await asyncio.to_thread(self._prompt, request))
+
     def _plan(self, request: ChatRequest) -> list[GenerationPlan]:
         tools = request.offered_tools
         budget = self._settings.reasoning.budget(request.effort)
-        instruction = self._settings.reasoning.instruction if budget > 0 else None
-        prompt = self.tokenize(render_prompt(request.messages, tools, instruction))
+        prompt = self._prompt(request)
         max_tokens = self._answer_budget(request, len(prompt))
         grammar = grammar_for(request)
         without_tools = None

@@ -36,6 +36,7 @@ from stepflash.core.stop import StopMatcher
 from stepflash.dialects.qwen.tool_parser import QwenToolCallParser
 
 THINK_END = "</think>"
+LLAMA_TOP_K = 40  # llama-cpp-python's own default, kept when the caller sets none
 CallKey = tuple[str, str]
 
 
@@ -176,7 +177,11 @@ class GenerationJob:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         vocab = llama._model.vocab
         generator = llama.generate(
-            sequence, temp=sampling.temperature, top_p=sampling.top_p, grammar=grammar
+            sequence,
+            temp=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=LLAMA_TOP_K if sampling.top_k is None else sampling.top_k,
+            grammar=grammar,
         )
         try:
             for token in generator:

@@ -24,9 +24,10 @@ from stepflash.engines.upstream.transport import (
     StreamCut,
     UpstreamUnavailable,
     fetch_json,
+    fetch_token_count,
     open_event_stream,
 )
-from stepflash.protocol.openai_client import decode_usage, sampling_fields
+from stepflash.protocol.openai_client import decode_usage, matched_stop, sampling_fields
 
 
 def _new_call_id() -> str:
@@ -63,7 +64,7 @@ class _Choice:
     def feed(self, text: str) -> list[Event]:
         return self._note(self.parser.feed(text))
 
-    def finish(self, reason: str | None) -> list[Event]:
+    def finish(self, reason: str | None, stop_sequence: str | None = None) -> list[Event]:
         self.finished = True
         events = self._note(self.parser.finish(truncated=reason == "length"))
         if self.called:
@@ -72,7 +73,7 @@ class _Choice:
             finish = FinishReason.LENGTH
         else:
             finish = FinishReason.STOP
-        return [*events, Finish(finish, self.index)]
+        return [*events, Finish(finish, self.index, None if self.called else stop_sequence)]
 
     def _note(self, events: list[Event]) -> list[Event]:
         self.called = self.called or any(isinstance(e, ToolCallEnd) for e in events)
@@ -100,15 +101,28 @@ class CompletionsReplica:
         self._bos = BOS if write_bos else ""
         self._image_placeholder = image_placeholder
 
-    def _body(self, request: ChatRequest) -> dict[str, Any]:
-        """The raw prompt; with images, llama.cpp's multimodal prompt object around it."""
-        prompt: Any = render_prompt(
+    def _prompt(self, request: ChatRequest) -> str:
+        return render_prompt(
             request.messages,
             request.offered_tools,
             request.effort,
             bos=self._bos,
             image_placeholder=self._image_placeholder,
         )
+
+    async def count_prompt_tokens(self, request: ChatRequest) -> int:
+        """Text tokens of the rendered prompt (image placeholders count as their marker)."""
+        prompt = self._prompt(request)
+        # llama.cpp's server reads `content`, vLLM's `prompt`; each ignores the other.
+        body = {"model": self.target.upstream_model, "content": prompt, "prompt": prompt}
+        target = self.target
+        return await fetch_token_count(
+            self._session, target.tokenize_url, body, target.headers, target.timeouts
+        )
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        """The raw prompt; with images, llama.cpp's multimodal prompt object around it."""
+        prompt: Any = self._prompt(request)
         images = _inline_images(request)
         if images:
             prompt = {"prompt_string": prompt, "multimodal_data": images}
@@ -129,7 +143,7 @@ class CompletionsReplica:
                 choice = choices.setdefault(index, _Choice(request, index))
                 events += choice.feed(item.get("text") or "")
                 if item.get("finish_reason"):
-                    events += choice.finish(item["finish_reason"])
+                    events += choice.finish(item["finish_reason"], matched_stop(item))
                 delivered += bool(item.get("text"))
             if payload.get("usage"):
                 usage = decode_usage(payload["usage"])

@@ -20,6 +20,7 @@ from stepflash.engines.upstream.transport import (
     UpstreamTimeouts,
     UpstreamUnavailable,
     fetch_json,
+    fetch_token_count,
     open_event_stream,
 )
 from stepflash.protocol.openai_client import (
@@ -38,6 +39,11 @@ class UpstreamTarget:
     upstream_model: str
     api_key: str | None
     timeouts: UpstreamTimeouts
+
+    @property
+    def tokenize_url(self) -> str:
+        """vLLM, SGLang and llama.cpp serve `/tokenize` at the server root, beside `/v1`."""
+        return self.url.removesuffix("/v1") + "/tokenize"
 
     @property
     def headers(self) -> dict[str, str]:
@@ -61,6 +67,17 @@ class OpenAIChatReplica:
         self.media = media
         self._session = session
         self._effort = effort
+
+    async def count_prompt_tokens(self, request: ChatRequest) -> int:
+        """The upstream renders the chat template, so it counts: vLLM's chat tokenize body."""
+        chat = encode_request(request, self.target.upstream_model, self._effort)
+        keys = ("model", "messages", "tools", "chat_template_kwargs")
+        body = {key: chat[key] for key in keys if key in chat}
+        body["add_generation_prompt"] = True
+        target = self.target
+        return await fetch_token_count(
+            self._session, target.tokenize_url, body, target.headers, target.timeouts
+        )
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
         body = encode_request(request, self.target.upstream_model, self._effort)

@@ -140,6 +140,24 @@ async def fetch_json(
     return payload
 
 
+async def fetch_token_count(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: Payload,
+    headers: dict[str, str],
+    timeouts: UpstreamTimeouts,
+) -> int:
+    """POST to a server's tokenize route: vLLM answers `count`, llama.cpp `tokens`."""
+    answer = await fetch_json(session, url, body, headers, timeouts)
+    count = answer.get("count")
+    if isinstance(count, int):
+        return count
+    tokens = answer.get("tokens")
+    if isinstance(tokens, list):
+        return len(tokens)
+    raise UpstreamUnavailable(f"{url} answered without a token count")
+
+
 async def _payloads(response: aiohttp.ClientResponse, url: str) -> AsyncIterator[Payload]:
     done = False
     async for line in response.content:
