@@ -12,7 +12,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,8 @@ class ScriptedUpstream:
     raw: RawScript = field(default_factory=RawScript)
     mode: str = "ok"  # ok | error500 | error400 | stall | cut | slow
     delay: float = 0.0
+    # Chooses the answer from the request (a scripted agent turn); else `script` is replayed.
+    responder: Callable[[dict[str, Any]], Script] | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     cancelled: int = 0
     port: int = field(default_factory=free_port)
@@ -135,12 +137,16 @@ class ScriptedUpstream:
         if self.mode == "stall":
             await asyncio.sleep(30)
         if not body.get("stream"):
-            return JSONResponse(self._whole())
-        return StreamingResponse(self._events(body), media_type="text/event-stream")
+            return JSONResponse(self._whole(self._script_for(body)))
+        return StreamingResponse(
+            self._events(body, self._script_for(body)), media_type="text/event-stream"
+        )
 
-    def _whole(self) -> dict[str, Any]:
+    def _script_for(self, body: dict[str, Any]) -> Script:
+        return self.responder(body) if self.responder else self.script
+
+    def _whole(self, script: Script) -> dict[str, Any]:
         """The same recorded answer, as a non-streamed response body."""
-        script = self.script
         reasoning_field = "reasoning_content" if self.flavour == "sglang" else "reasoning"
         message: dict[str, Any] = {
             "role": "assistant",
@@ -161,7 +167,7 @@ class ScriptedUpstream:
             "object": "chat.completion",
             "created": 1,
             "model": "stepfun-ai/Step-3.7-Flash",
-            "usage": self._usage(),
+            "usage": self._usage(script),
             "choices": [
                 {
                     "index": 0,
@@ -249,8 +255,7 @@ class ScriptedUpstream:
         }
         return f"data: {json.dumps(chunk)}\n\n".encode()
 
-    def _usage(self) -> dict[str, Any]:
-        script = self.script
+    def _usage(self, script: Script) -> dict[str, Any]:
         usage: dict[str, Any] = {
             "prompt_tokens": script.prompt_tokens,
             "completion_tokens": script.completion_tokens,
@@ -261,21 +266,21 @@ class ScriptedUpstream:
             usage["completion_tokens_details"] = {"reasoning_tokens": 9}
         return usage
 
-    async def _events(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def _events(self, body: dict[str, Any], script: Script) -> AsyncIterator[bytes]:
         reasoning_field = "reasoning_content" if self.flavour == "sglang" else "reasoning"
         sent = 0
         try:
             yield self._chunk({"role": "assistant", "content": ""})
-            for piece in self.script.reasoning:
+            for piece in script.reasoning:
                 yield self._chunk({reasoning_field: piece})
                 sent += 1
                 await asyncio.sleep(self.delay)
                 if self.mode == "cut" and sent == 2:
                     raise ConnectionAbortedError("scripted cut")
-            for piece in self.script.content:
+            for piece in script.content:
                 yield self._chunk({"content": piece})
                 await asyncio.sleep(self.delay)
-            for index, (name, fragments) in enumerate(self.script.tool_calls):
+            for index, (name, fragments) in enumerate(script.tool_calls):
                 yield self._chunk(
                     {
                         "tool_calls": [
@@ -299,7 +304,7 @@ class ScriptedUpstream:
                             ]
                         }
                     )
-            yield self._chunk({}, finish=self.script.finish, stop=self.script.matched_stop)
+            yield self._chunk({}, finish=script.finish, stop=script.matched_stop)
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage_chunk = {
                     "id": "chatcmpl-upstream",
@@ -307,7 +312,7 @@ class ScriptedUpstream:
                     "created": 1,
                     "model": "x",
                     "choices": [],
-                    "usage": self._usage(),
+                    "usage": self._usage(script),
                 }
                 yield f"data: {json.dumps(usage_chunk)}\n\n".encode()
             yield b"data: [DONE]\n\n"

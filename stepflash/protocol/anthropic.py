@@ -127,7 +127,16 @@ class AssistantMessage(_Wire):
     content: str | list[AssistantBlock]
 
 
-WireMessage = Annotated[UserMessage | AssistantMessage, Field(discriminator="role")]
+class SystemMessage(_Wire):
+    """A system message inside `messages`, as recent Claude Code versions send."""
+
+    role: Literal["system"]
+    content: str | list[TextBlock]
+
+
+WireMessage = Annotated[
+    UserMessage | AssistantMessage | SystemMessage, Field(discriminator="role")
+]
 
 
 class ToolDefinition(_Wire):
@@ -360,10 +369,13 @@ def decode(body: MessagesRequest | CountTokensRequest, signer: ThinkingSigner) -
     decoder = _Decoder(signer)
     for position, message in enumerate(body.messages):
         where = f"messages[{position}]"
-        if isinstance(message, UserMessage):
-            decoder.user(message, where)
-        else:
-            decoder.assistant(message, where)
+        match message:
+            case UserMessage():
+                decoder.user(message, where)
+            case AssistantMessage():
+                decoder.assistant(message, where)
+            case SystemMessage(content=content):
+                decoder.messages += _system(content)
     choice, parallel = _tool_choice(body.tool_choice)
     tools = tuple(
         Tool(tool.name, tool.description or "", tool.input_schema) for tool in body.tools or ()

@@ -503,7 +503,7 @@ BAD = [
     ),
     (
         "wrong-role",
-        ask(messages=[{"role": "system", "content": "x"}]),
+        ask(messages=[{"role": "tool", "content": "x"}]),
         400,
         "invalid_request_error",
         "messages.0",
