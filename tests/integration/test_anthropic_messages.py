@@ -290,6 +290,10 @@ def test_raw_completions_backend_parses_step_xml_into_tool_use(
     streamed = stream_message(gateway.url, body)
     assert streamed["content"][-1]["input"] == {"city": "Paris", "days": 3}
     assert streamed["content"][0]["thinking"].startswith("The user wants the weather")
+    with sdk(gateway).messages.stream(**body) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use" and final.content[-1].input["days"] == 3
+    assert final.usage.cache_read_input_tokens == 1024
 
 
 def test_thinking_is_hidden_when_disabled(gateway: LiveServer) -> None:
@@ -555,6 +559,9 @@ def test_embedded_model_through_the_strict_sdk(tiny_server: LiveServer) -> None:
     assert counted.input_tokens == usage.input_tokens + usage.cache_read_input_tokens
     streamed = stream_message(tiny_server.url, body)
     assert streamed["content"][0]["type"] == "thinking"
+    with client.messages.stream(**body) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].type == "thinking" and final.usage.output_tokens > 0
     follow_up = [
         *body["messages"],
         {"role": "assistant", "content": streamed["content"]},
