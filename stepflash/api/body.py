@@ -43,7 +43,7 @@ def _is_branch_name(part: object) -> bool:
     return isinstance(part, str) and (part in _BRANCH_TYPES or "[" in part)
 
 
-_BRANCH_TYPES = {"str", "int", "float", "bool", "dict", "list", "none", "function-after"}
+_BRANCH_TYPES = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
 async def parse_body(request: Request, model: type[Model]) -> Model:

@@ -2,55 +2,31 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from stepflash.api.body import body_schema, parse_body
-from stepflash.api.deps import FastJSONResponse, backend_headers, chat_service
-from stepflash.api.disconnect import ClientDisconnected, cancel_on_disconnect
+from stepflash.api.deps import FastJSONResponse, chat_service
 from stepflash.api.heartbeat import with_heartbeat
-from stepflash.core.completion import accumulate
-from stepflash.core.errors import ErrorKind, StepflashError
+from stepflash.api.respond import ERROR_RESPONSES, respond
+from stepflash.core.errors import StepflashError
 from stepflash.protocol import anthropic
 from stepflash.protocol.signature import ThinkingSigner
 from stepflash.protocol.sse import sse_event
 from stepflash.serving.chat import OpenedStream
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["messages"])
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"description": description}
-    for status, description in {
-        400: "Invalid request parameters",
-        404: "Unknown model",
-        413: "Request body too large",
-        503: "Engine queue full; retry after the Retry-After header",
-    }.items()
-}
 
 
 def _signer(request: Request) -> ThinkingSigner:
     return request.app.state.thinking_signer
 
 
-async def _sse(
-    encoder: anthropic.MessagesEncoder, stream: OpenedStream, ping_seconds: float
-) -> AsyncIterator[bytes]:
-    try:
-        async for name, data in encoder.stream(with_heartbeat(aiter(stream), ping_seconds)):
-            yield sse_event(data, name)
-    except StepflashError as error:
-        yield sse_event(anthropic.error_body(error), "error")
-    except Exception:
-        log.exception("stream failed after it started")
-        failure = StepflashError(ErrorKind.INTERNAL, "the stream failed")
-        yield sse_event(anthropic.error_body(failure), "error")
+def _error_frame(error: StepflashError) -> bytes:
+    return sse_event(anthropic.error_body(error), "error")
 
 
 @router.post(
@@ -62,23 +38,23 @@ async def _sse(
 async def create_message(request: Request) -> Response:
     body = await parse_body(request, anthropic.MessagesRequest)
     message_id = f"msg_{secrets.token_hex(12)}"
-    encoder = anthropic.MessagesEncoder(body, message_id, _signer(request))
-    try:
-        async with cancel_on_disconnect(request):
-            canonical = anthropic.decode(body, _signer(request))
-            stream = await chat_service(request).open_stream(canonical)
-            headers = {**backend_headers(stream.model), "request-id": message_id}
-            if body.stream:
-                ping_seconds = request.app.state.settings.anthropic_ping_seconds
-                return StreamingResponse(
-                    _sse(encoder, stream, ping_seconds),
-                    media_type="text/event-stream",
-                    headers=headers,
-                )
-            completion = await accumulate(aiter(stream))
-    except ClientDisconnected:
-        return Response(status_code=499)
-    return FastJSONResponse(encoder.body(completion), headers=headers)
+    signer = _signer(request)
+    encoder = anthropic.MessagesEncoder(body, message_id, signer)
+    ping_seconds = request.app.state.settings.anthropic_ping_seconds
+
+    async def frames(stream: OpenedStream) -> AsyncIterator[bytes]:
+        async for name, data in encoder.stream(with_heartbeat(aiter(stream), ping_seconds)):
+            yield sse_event(data, name)
+
+    return await respond(
+        request,
+        lambda: anthropic.decode(body, signer),
+        stream=bool(body.stream),
+        headers={"request-id": message_id},
+        frames=frames,
+        error_frame=_error_frame,
+        body=encoder.body,
+    )
 
 
 @router.post(

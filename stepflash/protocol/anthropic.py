@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from stepflash.core.completion import Completion
 from stepflash.core.errors import ErrorKind, StepflashError, invalid
@@ -45,40 +45,32 @@ from stepflash.core.request import (
     ToolChoice,
     ToolChoiceMode,
 )
+from stepflash.protocol import wire
 from stepflash.protocol.signature import ThinkingSigner
-
-TOOL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$"
-DEFAULT_TEMPERATURE = 0.5
-DEFAULT_TOP_P = 0.9
+from stepflash.protocol.wire import TOOL_NAME_PATTERN, Wire
 
 THINKING_BUDGET_LOW = 4096
 """Budgets below this many tokens ask for low effort; below `THINKING_BUDGET_HIGH`, medium."""
 THINKING_BUDGET_HIGH = 16384
 
 
-class _Wire(BaseModel):
-    """Unknown fields (`cache_control`, `citations`, ...) are ignored; known ones are typed."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-
-class TextBlock(_Wire):
+class TextBlock(Wire):
     type: Literal["text"]
     text: str
 
 
-class Base64Source(_Wire):
+class Base64Source(Wire):
     type: Literal["base64"]
     media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
     data: str
 
 
-class URLSource(_Wire):
+class URLSource(Wire):
     type: Literal["url"]
     url: str
 
 
-class ImageBlock(_Wire):
+class ImageBlock(Wire):
     type: Literal["image"]
     source: Annotated[Base64Source | URLSource, Field(discriminator="type")]
 
@@ -86,27 +78,27 @@ class ImageBlock(_Wire):
 ResultContent = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
 
 
-class ToolResultBlock(_Wire):
+class ToolResultBlock(Wire):
     type: Literal["tool_result"]
     tool_use_id: str
     content: str | list[ResultContent] | None = None
     is_error: bool | None = None
 
 
-class ToolUseBlock(_Wire):
+class ToolUseBlock(Wire):
     type: Literal["tool_use"]
     id: str
     name: str
     input: dict[str, Any]
 
 
-class ThinkingBlock(_Wire):
+class ThinkingBlock(Wire):
     type: Literal["thinking"]
     thinking: str
     signature: str
 
 
-class RedactedThinkingBlock(_Wire):
+class RedactedThinkingBlock(Wire):
     type: Literal["redacted_thinking"]
     data: str
 
@@ -117,52 +109,50 @@ AssistantBlock = Annotated[
 ]
 
 
-class UserMessage(_Wire):
+class UserMessage(Wire):
     role: Literal["user"]
     content: str | list[UserBlock]
 
 
-class AssistantMessage(_Wire):
+class AssistantMessage(Wire):
     role: Literal["assistant"]
     content: str | list[AssistantBlock]
 
 
-class SystemMessage(_Wire):
+class SystemMessage(Wire):
     """A system message inside `messages`, as recent Claude Code versions send."""
 
     role: Literal["system"]
     content: str | list[TextBlock]
 
 
-WireMessage = Annotated[
-    UserMessage | AssistantMessage | SystemMessage, Field(discriminator="role")
-]
+WireMessage = Annotated[UserMessage | AssistantMessage | SystemMessage, Field(discriminator="role")]
 
 
-class ToolDefinition(_Wire):
+class ToolDefinition(Wire):
     name: str = Field(pattern=TOOL_NAME_PATTERN)
     description: str | None = None
     input_schema: dict[str, Any]
     type: Literal["custom"] | None = None
 
 
-class AutoChoice(_Wire):
+class AutoChoice(Wire):
     type: Literal["auto"]
     disable_parallel_tool_use: bool | None = None
 
 
-class AnyChoice(_Wire):
+class AnyChoice(Wire):
     type: Literal["any"]
     disable_parallel_tool_use: bool | None = None
 
 
-class NamedChoice(_Wire):
+class NamedChoice(Wire):
     type: Literal["tool"]
     name: str
     disable_parallel_tool_use: bool | None = None
 
 
-class NoneChoice(_Wire):
+class NoneChoice(Wire):
     type: Literal["none"]
 
 
@@ -171,16 +161,16 @@ WireToolChoice = Annotated[
 ]
 
 
-class ThinkingEnabled(_Wire):
+class ThinkingEnabled(Wire):
     type: Literal["enabled"]
     budget_tokens: int = Field(ge=1)
 
 
-class ThinkingDisabled(_Wire):
+class ThinkingDisabled(Wire):
     type: Literal["disabled"]
 
 
-class ThinkingAdaptive(_Wire):
+class ThinkingAdaptive(Wire):
     type: Literal["adaptive"]
 
 
@@ -189,11 +179,11 @@ WireThinking = Annotated[
 ]
 
 
-class OutputConfig(_Wire):
+class OutputConfig(Wire):
     effort: Literal["low", "medium", "high", "max"] | None = None
 
 
-class MessagesRequest(_Wire):
+class MessagesRequest(Wire):
     model: str = Field(min_length=1, max_length=256)
     messages: list[WireMessage] = Field(min_length=1)
     max_tokens: int = Field(ge=1)
@@ -215,7 +205,7 @@ class MessagesRequest(_Wire):
         return not isinstance(self.thinking, ThinkingDisabled)
 
 
-class CountTokensRequest(_Wire):
+class CountTokensRequest(Wire):
     """`/v1/messages/count_tokens` takes a message request without `max_tokens`."""
 
     model: str = Field(min_length=1, max_length=256)
@@ -385,11 +375,8 @@ def decode(body: MessagesRequest | CountTokensRequest, signer: ThinkingSigner) -
     stream = False
     if isinstance(body, MessagesRequest):
         max_tokens, stream = body.max_tokens, bool(body.stream)
-        sampling = Sampling(
-            temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
-            top_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
-            top_k=body.top_k,
-            stop=tuple(body.stop_sequences or ()),
+        sampling = wire.sampling(
+            body.temperature, body.top_p, top_k=body.top_k, stop=tuple(body.stop_sequences or ())
         )
     return ChatRequest(
         model=body.model,

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from stepflash.core.completion import Completion
 from stepflash.core.errors import ErrorKind, StepflashError
@@ -33,7 +33,6 @@ from stepflash.core.request import (
     ResponseFormat,
     ResponseFormatType,
     Role,
-    Sampling,
     TextPart,
     Tool,
     ToolCall,
@@ -41,38 +40,29 @@ from stepflash.core.request import (
     ToolChoiceMode,
     VideoPart,
 )
-
-TOOL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$"
-DEFAULT_TEMPERATURE = 0.5
-DEFAULT_TOP_P = 0.9
+from stepflash.protocol.wire import TOOL_NAME_PATTERN, Wire, sampling
 
 
-class _Wire(BaseModel):
-    """Unknown fields are ignored (clients send many); known ones must have the right type."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-
-class TextContent(_Wire):
+class TextContent(Wire):
     type: Literal["text"]
     text: str
 
 
-class ImageURL(_Wire):
+class ImageURL(Wire):
     url: str
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class ImageContent(_Wire):
+class ImageContent(Wire):
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-class VideoURL(_Wire):
+class VideoURL(Wire):
     url: str
 
 
-class VideoContent(_Wire):
+class VideoContent(Wire):
     type: Literal["video_url"]
     video_url: VideoURL
 
@@ -80,30 +70,30 @@ class VideoContent(_Wire):
 UserContent = Annotated[TextContent | ImageContent | VideoContent, Field(discriminator="type")]
 
 
-class SystemMessage(_Wire):
+class SystemMessage(Wire):
     role: Literal["system", "developer"]
     content: str | list[TextContent]
     name: str | None = None
 
 
-class UserMessage(_Wire):
+class UserMessage(Wire):
     role: Literal["user"]
     content: str | list[UserContent]
     name: str | None = None
 
 
-class FunctionCall(_Wire):
+class FunctionCall(Wire):
     name: str
     arguments: str
 
 
-class WireToolCall(_Wire):
+class WireToolCall(Wire):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class AssistantMessage(_Wire):
+class AssistantMessage(Wire):
     role: Literal["assistant"]
     content: str | list[TextContent] | None = None
     tool_calls: list[WireToolCall] | None = None
@@ -112,7 +102,7 @@ class AssistantMessage(_Wire):
     name: str | None = None
 
 
-class ToolMessage(_Wire):
+class ToolMessage(Wire):
     role: Literal["tool"]
     content: str | list[TextContent]
     tool_call_id: str
@@ -123,43 +113,43 @@ WireMessage = Annotated[
 ]
 
 
-class FunctionDefinition(_Wire):
+class FunctionDefinition(Wire):
     name: str = Field(pattern=TOOL_NAME_PATTERN)
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class ToolDefinition(_Wire):
+class ToolDefinition(Wire):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(_Wire):
+class NamedFunction(Wire):
     name: str
 
 
-class NamedToolChoice(_Wire):
+class NamedToolChoice(Wire):
     type: Literal["function"]
     function: NamedFunction
 
 
-class TextFormat(_Wire):
+class TextFormat(Wire):
     type: Literal["text"]
 
 
-class JsonObjectFormat(_Wire):
+class JsonObjectFormat(Wire):
     type: Literal["json_object"]
 
 
-class JsonSchemaSpec(_Wire):
+class JsonSchemaSpec(Wire):
     name: str = Field(min_length=1, max_length=64)
     description: str | None = None
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
 
 
-class JsonSchemaFormat(_Wire):
+class JsonSchemaFormat(Wire):
     type: Literal["json_schema"]
     json_schema: JsonSchemaSpec
 
@@ -169,11 +159,11 @@ WireResponseFormat = Annotated[
 ]
 
 
-class StreamOptions(_Wire):
+class StreamOptions(Wire):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Wire):
+class ChatCompletionRequest(Wire):
     model: str = Field(min_length=1, max_length=256)
     messages: list[WireMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -282,12 +272,7 @@ def decode(body: ChatCompletionRequest) -> ChatRequest:
         response_format=_decode_response_format(body.response_format),
         effort=Effort(body.reasoning_effort or "medium"),
         stream=bool(body.stream),
-        sampling=Sampling(
-            temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
-            top_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
-            seed=body.seed,
-            stop=tuple(stop),
-        ),
+        sampling=sampling(body.temperature, body.top_p, seed=body.seed, stop=tuple(stop)),
     )
 
 

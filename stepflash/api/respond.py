@@ -1,0 +1,75 @@
+"""The one way a chat route answers, whatever protocol it speaks.
+
+Open the canonical stream (errors before output become real HTTP statuses), then send it as
+SSE frames or accumulate it into one body; a client that goes away cancels the work. Each
+protocol's router supplies only its decoding and its encoders.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from stepflash.api.deps import FastJSONResponse, backend_headers, chat_service
+from stepflash.api.disconnect import ClientDisconnected, cancel_on_disconnect
+from stepflash.core.completion import Completion, accumulate
+from stepflash.core.errors import ErrorKind, StepflashError
+from stepflash.core.request import ChatRequest
+from stepflash.serving.chat import OpenedStream
+
+log = logging.getLogger(__name__)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description}
+    for status, description in {
+        400: "Invalid request parameters",
+        404: "Unknown model",
+        413: "Request body too large",
+        503: "Engine queue full; retry after the Retry-After header",
+    }.items()
+}
+
+
+async def _guarded(
+    frames: AsyncIterator[bytes], error_frame: Callable[[StepflashError], bytes]
+) -> AsyncIterator[bytes]:
+    """After the stream began, a failure can only be told in-band: one error frame, then end."""
+    try:
+        async for frame in frames:
+            yield frame
+    except StepflashError as error:
+        yield error_frame(error)
+    except Exception:
+        log.exception("stream failed after it started")
+        yield error_frame(StepflashError(ErrorKind.INTERNAL, "the stream failed"))
+
+
+async def respond(
+    request: Request,
+    decode: Callable[[], ChatRequest],
+    *,
+    stream: bool,
+    headers: dict[str, str],
+    frames: Callable[[OpenedStream], AsyncIterator[bytes]],
+    error_frame: Callable[[StepflashError], bytes],
+    body: Callable[[Completion], dict[str, Any]],
+) -> Response:
+    try:
+        async with cancel_on_disconnect(request):
+            opened = await chat_service(request).open_stream(decode())
+            headers = {**backend_headers(opened.model), **headers}
+            if stream:
+                # From here on Starlette cancels the stream if the client goes away.
+                return StreamingResponse(
+                    _guarded(frames(opened), error_frame),
+                    media_type="text/event-stream",
+                    headers=headers,
+                )
+            completion = await accumulate(aiter(opened))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    return FastJSONResponse(body(completion), headers=headers)
