@@ -16,6 +16,7 @@ from stepflash.api.errors import BodySizeLimit, install_error_handlers
 from stepflash.config import Settings
 from stepflash.engines.base import Engine
 from stepflash.engines.upstream.transport import new_session
+from stepflash.media.prepare import MediaPreparer
 from stepflash.protocol.anthropic import CountTokensRequest, MessagesRequest
 from stepflash.protocol.openai import ChatCompletionRequest
 from stepflash.protocol.signature import load_signer
@@ -42,7 +43,7 @@ def create_app(settings: Settings, embedded: Engine | None = None) -> FastAPI:
             for model in catalog.all():
                 report = log.warning if model.stand_in_for else log.info
                 report("serving %s: %s", model.routed_from or model.id, model.note)
-            app.state.chat = ChatService(catalog, settings.limits)
+            app.state.chat = ChatService(catalog, settings.limits, MediaPreparer(settings.media))
             # Everything built so far lives as long as the process: keep it out of the
             # cyclic collector's scans, which otherwise grow with the app's object graph.
             gc.freeze()

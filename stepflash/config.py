@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from stepflash.core.request import MediaKind
+from stepflash.media.address_policy import AddressPolicy
 
 
 class _Section(BaseModel):
@@ -75,6 +76,53 @@ class LimitSettings(_Section):
     )
 
 
+class MediaSettings(_Section):
+    """Images and videos: what is accepted, how remote URLs are fetched, what they cost.
+
+    Every media part is fetched (remote URLs through the SSRF guard), checked and counted by
+    stepflash before a backend sees it; backends receive the validated bytes, never a URL.
+    """
+
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="Width times height; larger images (and bombs) are refused."
+    )
+    min_image_side: int = Field(10, ge=1, description="Pixels on the shorter side, at least.")
+    max_aspect_ratio: float = Field(25.0, ge=1, description="Longer side over shorter side.")
+    low_detail_tokens: int = Field(
+        400, ge=1, description="Prompt tokens of a detail=low image (the hosted API's figure)."
+    )
+    max_video_bytes: int = Field(128 * 1024 * 1024, ge=1024)
+    max_video_seconds: float = Field(300.0, gt=0)
+    max_video_pixels: int = Field(3840 * 2160, ge=1, description="Frame width times height.")
+    video_frames_per_second: float = Field(
+        1.0, gt=0, description="Token accounting: frames sampled per second of video."
+    )
+    video_max_frames: int = Field(128, ge=1, description="Token accounting: frames at most.")
+    fetch_timeout_seconds: float = Field(
+        15.0, gt=0, description="Whole fetch of one URL, redirects included."
+    )
+    fetch_max_redirects: int = Field(3, ge=0, le=10)
+    fetch_allow: list[str] = Field(
+        default_factory=list,
+        description="Non-public addresses that may be fetched anyway: a network "
+        "(`10.1.0.0/16`) or one address and port (`127.0.0.1:9000`, `[::1]:9000`).",
+    )
+    fetch_deny: list[str] = Field(
+        default_factory=list,
+        description="Never fetched, even when public: host names (`cdn.example.com`, "
+        "`*.example.com`) or networks (`203.0.113.0/24`).",
+    )
+    decode_workers: int = Field(
+        2, ge=1, le=64, description="Images and videos checked at once (bounds memory)."
+    )
+
+    @model_validator(mode="after")
+    def _check_lists(self) -> MediaSettings:
+        AddressPolicy.from_lists(self.fetch_allow, self.fetch_deny)
+        return self
+
+
 class BackendKind(StrEnum):
     EMBEDDED = "embedded"  # the CPU model of the [embedded] section
     OPENAI = "openai"  # an OpenAI-compatible chat upstream (SGLang, vLLM, StepFun, OpenRouter)
@@ -105,6 +153,9 @@ class ModelSettings(_Section):
         description="Media the model takes besides text. Default: image and video for openai "
         "backends; none for completions backends (images need a server that reads llama.cpp's "
         "multimodal prompt) and for the embedded models.",
+    )
+    image_detail: Literal["low", "high"] = Field(
+        "high", description="Image detail when the caller gives none (Step 3.7 Flash: high)."
     )
     image_placeholder: str = Field(
         "<im_patch>",
@@ -189,6 +240,7 @@ class Settings(BaseSettings):
     embedded: EmbeddedSettings = EmbeddedSettings()
     reasoning: ReasoningSettings = ReasoningSettings()
     limits: LimitSettings = LimitSettings()
+    media: MediaSettings = MediaSettings()
     models: list[ModelSettings] = Field(
         default_factory=list,
         description="Served models; with none, the embedded model serves its served_as names.",

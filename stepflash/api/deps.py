@@ -8,8 +8,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from stepflash.serving.catalog import ServedModel
-from stepflash.serving.chat import ChatService
+from stepflash.core.request import MediaKind
+from stepflash.serving.chat import ChatService, OpenedStream
 
 
 def chat_service(request: Request) -> ChatService:
@@ -17,9 +17,15 @@ def chat_service(request: Request) -> ChatService:
     return request.app.state.chat
 
 
-def backend_headers(model: ServedModel) -> dict[str, str]:
-    """Say plainly which backend answered, and whether it stands in for another model."""
+def backend_headers(opened: OpenedStream) -> dict[str, str]:
+    """Say plainly which backend answered, whether it stands in for another model, and what
+    the request's images and videos cost in prompt tokens."""
+    model = opened.model
     headers = {"x-stepflash-backend": model.backend}
+    for kind in MediaKind:
+        tokens = opened.request.media_tokens(kind)
+        if tokens:
+            headers[f"x-stepflash-{kind.value}-tokens"] = str(tokens)
     if model.stand_in_for:
         headers["x-stepflash-stand-in-for"] = model.stand_in_for
     if model.routed_from:

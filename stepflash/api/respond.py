@@ -61,7 +61,7 @@ async def respond(
     try:
         async with cancel_on_disconnect(request):
             opened = await chat_service(request).open_stream(decode())
-            headers = {**backend_headers(opened.model), **headers}
+            headers = {**backend_headers(opened), **headers}
             if stream:
                 # From here on Starlette cancels the stream if the client goes away.
                 return StreamingResponse(

@@ -6,7 +6,7 @@ request type means engines, limits and billing are written once, whatever the ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -43,16 +43,22 @@ class ImagePart:
     """An image by reference: an http(s) URL, a `data:image/...;base64,` URL or `stepfile://`.
 
     `detail` is `low` or `high` when the caller chose one, else None (the model's default).
+    Once stepflash has fetched and checked it (`stepflash.media.prepare`), `url` is a data
+    URL of the validated bytes, `detail` is decided and `tokens` is its prompt cost.
     """
 
     url: str
     detail: str | None = None
+    tokens: int | None = None
     kind = MediaKind.IMAGE
 
 
 @dataclass(frozen=True, slots=True)
 class VideoPart:
+    """A video by reference; prepared like an image (a data URL of checked bytes, `tokens`)."""
+
     url: str
+    tokens: int | None = None
     kind = MediaKind.VIDEO
 
 
@@ -150,6 +156,29 @@ class ChatRequest:
     # Whether the caller consumes events as they come. The events are the same either way;
     # an upstream engine may fetch a whole answer (cheaper than 64 chunks) when it is False.
     stream: bool = True
+
+    @property
+    def has_media(self) -> bool:
+        return any(message.has_media for message in self.messages)
+
+    def media_tokens(self, kind: MediaKind | None = None) -> int:
+        """Prompt tokens of the prepared media parts (of one kind, or all)."""
+        return sum(
+            part.tokens or 0
+            for message in self.messages
+            for part in message.parts
+            if not isinstance(part, TextPart) and kind in (None, part.kind)
+        )
+
+    def text_only(self) -> ChatRequest:
+        """The same request with media parts left out: what a text tokenizer can count."""
+        messages = tuple(
+            replace(m, parts=tuple(p for p in m.parts if isinstance(p, TextPart)))
+            if m.has_media
+            else m
+            for m in self.messages
+        )
+        return replace(self, messages=messages)
 
     def tool(self, name: str) -> Tool | None:
         return next((tool for tool in self.tools if tool.name == name), None)

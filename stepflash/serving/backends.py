@@ -110,5 +110,6 @@ async def build_catalog(
             engine = _router(model, session)
             stand_in = False
         for name in (model.name, *model.aliases):
-            served.append(ServedModel(name, engine, stand_in_for=name if stand_in else None))
+            stand_in_for = name if stand_in else None
+            served.append(ServedModel(name, engine, stand_in_for, image_detail=model.image_detail))
     return ModelCatalog(served, settings.step_plan)

@@ -6,7 +6,7 @@ model, the catalog says so, and so do `/v1/models`, the response headers and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from stepflash.config import StepPlanSettings
 from stepflash.core.errors import ErrorKind, StepflashError
@@ -19,6 +19,7 @@ class ServedModel:
     engine: Engine
     stand_in_for: str | None = None
     routed_from: str | None = None  # the Step Plan routing model that picked this one
+    image_detail: str = "high"  # when the caller gives none
 
     @property
     def backend(self) -> str:
@@ -66,7 +67,7 @@ class ModelCatalog:
     def _route(self, name: str, candidates: list[str]) -> ServedModel:
         choices = [self._models[candidate] for candidate in candidates]
         chosen = next((model for model in choices if model.engine.available), choices[0])
-        return ServedModel(chosen.id, chosen.engine, chosen.stand_in_for, routed_from=name)
+        return replace(chosen, routed_from=name)
 
     def all(self) -> list[ServedModel]:
         models = list(self._models.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import LiveServer, free_port, start_server, stop_server
+from tests.media_files import image_bytes, video_bytes
 from tests.sse import check_chat_chunks, collect_stream, parse_sse
 from tests.upstreams import WEATHER_CALL, Script, ScriptedUpstream
 
@@ -292,9 +294,14 @@ def test_sse_order_is_strict_for_every_upstream_flavour(gateway: LiveServer) -> 
 def test_image_and_video_parts_reach_the_upstream_in_order(
     client: openai.OpenAI, upstreams: dict[str, ScriptedUpstream]
 ) -> None:
+    video = base64.b64encode(video_bytes("mp4")).decode()
+    image = base64.b64encode(image_bytes("PNG", 64, 48)).decode()
     content = [
-        {"type": "video_url", "video_url": {"url": "https://example.com/clip.mp4"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
+        {"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{video}"}},
+        {
+            "type": "image_url",
+            "image_url": {"url": f"data:image/png;base64,{image}", "detail": "low"},
+        },
         {"type": "text", "text": "What happens here?"},
     ]
     client.chat.completions.create(

@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 
-from stepflash.core.errors import invalid
 from stepflash.core.events import Event, Finish, FinishReason, ToolCallEnd, Usage
 from stepflash.core.request import ChatRequest, ImagePart, MediaKind
 from stepflash.dialects.step3p5 import Step3p5OutputParser
@@ -35,21 +34,13 @@ def _new_call_id() -> str:
 
 
 def _inline_images(request: ChatRequest) -> list[str]:
-    """The base64 payload of every image, in prompt order; a raw server cannot fetch URLs."""
-    images = []
-    for position, message in enumerate(request.messages):
-        for index, part in enumerate(message.parts):
-            if not isinstance(part, ImagePart):
-                continue
-            header, comma, data = part.url.partition(",")
-            if not (comma and header.startswith("data:image/") and header.endswith(";base64")):
-                raise invalid(
-                    "this model's backend takes images inline only: send the image as a "
-                    "data:image/...;base64, URL",
-                    f"messages[{position}].content[{index}].image_url.url",
-                )
-            images.append(data)
-    return images
+    """The base64 payload of every image, in prompt order (prepared parts are data URLs)."""
+    return [
+        part.url.partition(",")[2]
+        for message in request.messages
+        for part in message.parts
+        if isinstance(part, ImagePart)
+    ]
 
 
 class _Choice:
@@ -101,24 +92,28 @@ class CompletionsReplica:
         self._bos = BOS if write_bos else ""
         self._image_placeholder = image_placeholder
 
-    def _prompt(self, request: ChatRequest) -> str:
+    def _prompt(self, request: ChatRequest, image_placeholder: str | None = None) -> str:
         return render_prompt(
             request.messages,
             request.offered_tools,
             request.effort,
             bos=self._bos,
-            image_placeholder=self._image_placeholder,
+            image_placeholder=self._image_placeholder
+            if image_placeholder is None
+            else image_placeholder,
         )
 
     async def count_prompt_tokens(self, request: ChatRequest) -> int:
-        """Text tokens of the rendered prompt (image placeholders count as their marker)."""
-        prompt = self._prompt(request)
+        """Text tokens of the prompt rendered without image markers, plus each prepared
+        image's Step-geometry tokens (the server's processor expands a marker into those)."""
+        prompt = self._prompt(request, image_placeholder="")
         # llama.cpp's server reads `content`, vLLM's `prompt`; each ignores the other.
         body = {"model": self.target.upstream_model, "content": prompt, "prompt": prompt}
         target = self.target
-        return await fetch_token_count(
+        text_tokens = await fetch_token_count(
             self._session, target.tokenize_url, body, target.headers, target.timeouts
         )
+        return text_tokens + request.media_tokens()
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         """The raw prompt; with images, llama.cpp's multimodal prompt object around it."""

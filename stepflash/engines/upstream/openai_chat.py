@@ -69,15 +69,17 @@ class OpenAIChatReplica:
         self._effort = effort
 
     async def count_prompt_tokens(self, request: ChatRequest) -> int:
-        """The upstream renders the chat template, so it counts: vLLM's chat tokenize body."""
-        chat = encode_request(request, self.target.upstream_model, self._effort)
+        """The upstream renders the chat template, so it counts the text (vLLM's chat tokenize
+        body); the prepared media parts carry their own Step-geometry token counts."""
+        chat = encode_request(request.text_only(), self.target.upstream_model, self._effort)
         keys = ("model", "messages", "tools", "chat_template_kwargs")
         body = {key: chat[key] for key in keys if key in chat}
         body["add_generation_prompt"] = True
         target = self.target
-        return await fetch_token_count(
+        text_tokens = await fetch_token_count(
             self._session, target.tokenize_url, body, target.headers, target.timeouts
         )
+        return text_tokens + request.media_tokens()
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
         body = encode_request(request, self.target.upstream_model, self._effort)

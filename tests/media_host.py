@@ -1,0 +1,75 @@
+"""A small web server on 127.0.0.1 that serves media files and redirects, for fetch tests.
+
+It records every request it gets, so a test can prove that a refused URL was never fetched.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from tests.conftest import free_port
+
+
+@dataclass
+class MediaHost:
+    files: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # name -> (body, type)
+    hits: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def add(self, name: str, body: bytes, content_type: str) -> str:
+        self.files[name] = (body, content_type)
+        return f"{self.url}/files/{name}"
+
+    def redirect_to(self, target: str) -> str:
+        return f"{self.url}/redirect?{target and 'to=' + target}"
+
+    def start(self) -> MediaHost:
+        app = Starlette(
+            routes=[
+                Route("/files/{name}", self._file),
+                Route("/redirect", self._redirect),
+                Route("/loop/{n:int}", self._loop),
+            ]
+        )
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert time.monotonic() < deadline, "media host did not start"
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    async def _file(self, request: Request) -> Response:
+        self.hits.append(request.url.path)
+        name = request.path_params["name"]
+        if name not in self.files:
+            return Response("no such file", status_code=404)
+        body, content_type = self.files[name]
+        return Response(body, media_type=content_type)
+
+    async def _redirect(self, request: Request) -> Response:
+        self.hits.append(str(request.url))
+        return RedirectResponse(request.query_params["to"], status_code=302)
+
+    async def _loop(self, request: Request) -> Response:
+        """/loop/N redirects to /loop/N+1 forever."""
+        self.hits.append(request.url.path)
+        return RedirectResponse(f"/loop/{request.path_params['n'] + 1}", status_code=302)
