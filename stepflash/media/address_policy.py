@@ -44,8 +44,8 @@ def _describe(address: IPAddress) -> str:
         ("a loopback", address.is_loopback),
         ("a link-local", address.is_link_local),
         ("a multicast", address.is_multicast),
-        ("a private", address.is_private),
         ("a reserved", address.is_reserved),
+        ("a private", address.is_private),
     ):
         if flag:
             return f"{label} address"
@@ -125,11 +125,13 @@ class AddressPolicy:
 
     def check_address(self, address: IPAddress, port: int) -> None:
         """Return if stepflash may connect to `address:port`, else raise AddressRefused."""
-        judged = [address]
+        judged: list[IPAddress] = [address]
         if isinstance(address, ipaddress.IPv6Address):
+            if address.teredo is not None:
+                raise AddressRefused(f"{address} is a Teredo tunnel address")
             embedded = _embedded_ipv4(address)
             if embedded is not None:
-                judged.append(embedded)
+                judged.insert(0, embedded)  # the address it really reaches speaks first
         for candidate in judged:
             if any(candidate in network for network in _METADATA_NETWORKS):
                 raise AddressRefused(f"{address} is a cloud metadata or link-local address")
@@ -141,6 +143,5 @@ class AddressPolicy:
             return
         for candidate in judged:
             if not candidate.is_global or candidate.is_multicast:
-                raise AddressRefused(f"{address} is {_describe(candidate)}")
-        if isinstance(address, ipaddress.IPv6Address) and address.teredo is not None:
-            raise AddressRefused(f"{address} is a Teredo tunnel address")
+                via = f" (reaching {candidate})" if candidate is not address else ""
+                raise AddressRefused(f"{address}{via} is {_describe(candidate)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,15 @@ from PIL import Image
 
 from stepflash.media.tokens import GLOBAL_VIEW_TOKENS, image_tokens
 from tests.conftest import LiveServer, start_server, stop_server
-from tests.media_files import IMAGE_TYPES, VIDEO_TYPES, image_bytes, video_bytes
+from tests.media_files import (
+    IMAGE_TYPES,
+    VIDEO_TYPES,
+    animated_gif,
+    image_bytes,
+    picture,
+    png_bomb,
+    video_bytes,
+)
 from tests.media_host import MediaHost
 from tests.upstreams import ScriptedUpstream
 
@@ -261,3 +270,198 @@ def test_the_raw_backend_gets_inline_bytes_and_counts_the_geometry(
         for content in ([image, question], [question])
     ]
     assert counts[0] - counts[1] == 504
+
+
+# -- the SSRF guard ------------------------------------------------------------------------
+
+REFUSED = "fetches only public addresses"
+
+
+def hostile_urls(hosts: dict[str, MediaHost]) -> list[tuple[str, str]]:
+    """(URL, what the refusal says). Loopback spellings aim at the victim's real port."""
+    v = hosts["victim"].port
+    allowed = hosts["allowed"]
+    loopback = [
+        f"http://127.0.0.1:{v}/files/x.png",
+        f"http://localhost:{v}/files/x.png",  # a name that resolves to loopback
+        f"http://LOCALHOST:{v}/files/x.png",
+        f"http://127.1:{v}/files/x.png",
+        f"http://2130706433:{v}/files/x.png",  # decimal
+        f"http://0x7f000001:{v}/files/x.png",  # hex
+        f"http://0177.0.0.1:{v}/files/x.png",  # octal
+        f"http://0x7f.0.0.1:{v}/files/x.png",
+        f"http://127.000.000.001:{v}/files/x.png",
+        f"http://0.0.0.0:{v}/files/x.png",
+        f"http://0:{v}/files/x.png",
+        f"http://[::1]:{v}/files/x.png",
+        f"http://[::]:{v}/files/x.png",
+        f"http://[::ffff:127.0.0.1]:{v}/files/x.png",  # IPv4-mapped
+        f"http://[::ffff:7f00:1]:{v}/files/x.png",
+        f"http://[0:0:0:0:0:ffff:127.0.0.1]:{v}/files/x.png",
+        f"http://[64:ff9b::127.0.0.1]:{v}/files/x.png",  # NAT64
+        f"http://[2002:7f00:1::]:{v}/files/x.png",  # 6to4
+    ]
+    elsewhere = [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://100.100.100.200/latest/meta-data/",
+        "http://168.63.129.16/metadata/instance",
+        "http://10.0.0.1/a.png",
+        "http://172.16.5.4/a.png",
+        "http://192.168.0.1/a.png",
+        "http://100.64.0.1/a.png",
+        "http://224.0.0.1/a.png",
+        "http://255.255.255.255/a.png",
+        "http://[fe80::1]/a.png",
+        "http://[fc00::1]/a.png",
+        "https://240.0.0.1/a.png",
+    ]
+    redirects = [
+        # A public-looking (allow-listed) server that redirects inward.
+        (allowed.redirect_to(f"http://127.0.0.1:{v}/files/x.png"), REFUSED),
+        (allowed.redirect_to(f"http://localhost:{v}/files/x.png"), REFUSED),
+        (allowed.redirect_to("http://169.254.169.254/latest/meta-data/"), REFUSED),
+        (allowed.redirect_to("http://10.1.2.3/a.png"), REFUSED),
+        (allowed.redirect_to("file:///etc/passwd"), "only http and https"),
+        (f"{allowed.url}/loop/0", "redirected more than 3 times"),
+    ]
+    others = [
+        ("file:///etc/passwd", "must be http"),
+        (f"gopher://127.0.0.1:{v}/", "must be http"),
+        (f"http://user:secret@127.0.0.1:{allowed.port}/files/ok.png", "credentials"),
+    ]
+    return [(url, REFUSED) for url in loopback + elsewhere] + redirects + others
+
+
+def test_hostile_urls_are_refused_and_never_reached(
+    gateway: LiveServer, upstreams: dict[str, ScriptedUpstream], hosts: dict[str, MediaHost]
+) -> None:
+    hosts["victim"].add("x.png", image_bytes("PNG", 64, 64), "image/png")
+    table = hostile_urls(hosts)
+    assert len(table) >= 25
+    wrong = []
+    for url, says in table:
+        try:
+            ask_openai(gateway, [image_part(url)])
+            wrong.append((url, "was accepted"))
+        except openai.BadRequestError as error:
+            message = error.body["message"]
+            if says not in message or error.body["param"] != "messages[0].content[0]":
+                wrong.append((url, message))
+    assert not wrong
+    assert hosts["victim"].hits == [], "a refused URL reached the victim"
+    assert not upstreams["sglang"].requests
+
+
+def test_redirects_between_allowed_addresses_are_followed(
+    gateway: LiveServer, upstreams: dict[str, ScriptedUpstream], hosts: dict[str, MediaHost]
+) -> None:
+    body = image_bytes("PNG", 64, 64)
+    target = hosts["allowed"].add("moved.png", body, "image/png")
+    ask_openai(gateway, [image_part(hosts["allowed"].redirect_to(target))])
+    (part,) = sent_media(upstreams["sglang"])
+    assert decoded(part["image_url"]["url"]) == ("image/png", body)
+
+
+# -- hostile and broken files ----------------------------------------------------------------
+
+
+def noise_png(width: int, height: int) -> bytes:
+    """Random pixels: PNG cannot compress them, so the file is about 3 bytes a pixel."""
+    out = io.BytesIO()
+    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(out, "PNG")
+    return out.getvalue()
+
+
+def other_format(image_format: str) -> bytes:
+    out = io.BytesIO()
+    picture(64, 64).save(out, image_format)
+    return out.getvalue()
+
+
+def hostile_files(hosts: dict[str, MediaHost]) -> list[tuple[str, dict[str, Any], str, str]]:
+    """(name, content part, error code, what the message says)."""
+    png, jpeg = image_bytes("PNG", 400, 300), image_bytes("JPEG", 400, 300)
+    mp4, mkv = video_bytes("mp4"), video_bytes("mkv")
+    bad, unsupported = "request_params_invalid", "unsupported_content_type"
+    allowed = hosts["allowed"]
+
+    def image(media_type: str, body: bytes) -> dict[str, Any]:
+        return image_part(data_url(media_type, body))
+
+    def video(media_type: str, body: bytes) -> dict[str, Any]:
+        return {"type": "video_url", "video_url": {"url": data_url(media_type, body)}}
+
+    return [
+        ("decompression bomb", image("image/png", png_bomb()), bad, "decompression bomb"),
+        ("too many pixels", image("image/png", png_bomb(8000)), bad, "the limit is 50,000,000"),
+        ("truncated PNG", image("image/png", png[: len(png) // 2]), bad, "truncated"),
+        ("truncated JPEG", image("image/jpeg", jpeg[: len(jpeg) // 2]), bad, "truncated"),
+        ("animated GIF", image("image/gif", animated_gif()), unsupported, "animated"),
+        ("PDF as PNG", image("image/png", b"%PDF-1.7\n" + os.urandom(512)), unsupported, "not a"),
+        ("JPEG labelled PNG", image("image/png", jpeg), unsupported, "declared image/png"),
+        ("TIFF labelled PNG", image("image/png", other_format("TIFF")), unsupported, "not a"),
+        ("BMP", image("image/bmp", other_format("BMP")), unsupported, "image/bmp is not"),
+        ("1x1 pixel", image("image/png", image_bytes("PNG", 1, 1)), bad, "at least 10 px"),
+        ("aspect ratio", image("image/png", image_bytes("PNG", 2000, 10)), bad, "aspect ratio"),
+        ("over the byte limit", image("image/png", noise_png(1000, 1000)), bad, "limit of"),
+        ("not base64", image_part("data:image/png;base64,@@@@"), bad, "not valid base64"),
+        ("not a base64 data URL", image_part("data:image/png,rawtext"), bad, "must be base64"),
+        ("stepfile", image_part("stepfile://file-abc123"), unsupported, "files API"),
+        (
+            "over the byte limit, by URL",
+            image_part(allowed.add("noise.png", noise_png(1000, 1000), "image/png")),
+            bad,
+            "the limit is",
+        ),
+        (
+            "a web page, by URL",
+            image_part(allowed.add("page.html", b"<html></html>", "text/html")),
+            bad,
+            "sent text/html",
+        ),
+        ("missing, by URL", image_part(f"{allowed.url}/files/gone.png"), bad, "404"),
+        ("truncated MP4", video("video/mp4", mp4[: len(mp4) // 2]), unsupported, "not a"),
+        ("MKV labelled MP4", video("video/mp4", mkv), unsupported, "declared video/mp4"),
+        ("PNG labelled MP4", video("video/mp4", png), unsupported, "send MP4, MOV or MKV"),
+        ("AVI", video("video/x-msvideo", mp4), unsupported, "is not supported"),
+        ("too long", video("video/mp4", video_bytes(seconds=4)), bad, "at most 3 s"),
+        ("big frames", video("video/mp4", video_bytes(width=1280, height=800)), bad, "frames"),
+    ]
+
+
+def peak_rss_bytes(server: LiveServer) -> int:
+    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc")
+
+
+def test_hostile_files_are_refused_with_bounded_memory(
+    gateway: LiveServer,
+    upstreams: dict[str, ScriptedUpstream],
+    hosts: dict[str, MediaHost],
+    record_property: Any,
+) -> None:
+    before = peak_rss_bytes(gateway)
+    wrong = []
+    table = hostile_files(hosts)
+    for name, part, code, says in table:
+        try:
+            ask_openai(gateway, [part])
+            wrong.append((name, "was accepted"))
+        except openai.BadRequestError as error:
+            body = error.body
+            if (body["code"], body["param"]) != (code, "messages[0].content[0]") or (
+                says not in body["message"]
+            ):
+                wrong.append((name, body["code"], body["message"]))
+    assert not wrong
+    assert not upstreams["sglang"].requests
+    after = peak_rss_bytes(gateway)
+    record_property("server peak RSS, MiB", round(after / 2**20, 1))
+    record_property("growth while refusing hostile files, MiB", round((after - before) / 2**20, 1))
+    # The bomb alone would take 900 MB decoded; checked files must cost far less.
+    assert after - before < 200 * 2**20, f"peak RSS grew {(after - before) / 2**20:.0f} MiB"
