@@ -5,14 +5,16 @@ It records every request it gets, so a test can prove that a refused URL was nev
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.conftest import free_port
@@ -41,6 +43,7 @@ class MediaHost:
                 Route("/files/{name}", self._file),
                 Route("/redirect", self._redirect),
                 Route("/loop/{n:int}", self._loop),
+                Route("/slow", self._slow),
             ]
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
@@ -73,3 +76,14 @@ class MediaHost:
         """/loop/N redirects to /loop/N+1 forever."""
         self.hits.append(request.url.path)
         return RedirectResponse(f"/loop/{request.path_params['n'] + 1}", status_code=302)
+
+    async def _slow(self, request: Request) -> Response:
+        """An image that trickles in one byte a second: only a time cap ends it."""
+
+        async def trickle() -> AsyncIterator[bytes]:
+            for _ in range(60):
+                yield b"\0"
+                await asyncio.sleep(1)
+
+        self.hits.append(request.url.path)
+        return StreamingResponse(trickle(), media_type="image/png")

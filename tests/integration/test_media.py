@@ -36,6 +36,7 @@ from tests.upstreams import ScriptedUpstream
 
 MAX_IMAGE_BYTES = 2 * 1024 * 1024
 MAX_VIDEO_SECONDS = 3
+MAX_PARTS = 4
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +68,15 @@ def gateway(
 ) -> Iterator[LiveServer]:
     config = session_tmp / "media.toml"
     config.write_text(f"""
+[limits]
+max_media_parts = {MAX_PARTS}
+
 [media]
 max_image_bytes = {MAX_IMAGE_BYTES}
 max_video_seconds = {MAX_VIDEO_SECONDS}
 max_video_pixels = 1000000
 fetch_allow = ["127.0.0.1:{hosts["allowed"].port}"]
-fetch_timeout_seconds = 5
+fetch_timeout_seconds = 2
 
 [[models]]
 name = "step-3.7-flash"
@@ -135,22 +139,40 @@ def decoded(url: str) -> tuple[str, bytes]:
 # -- every format reaches the upstream as the exact bytes, with its token count -------------
 
 
+def ask_anthropic(gateway: LiveServer, source: dict[str, Any]) -> Any:
+    content = [{"type": "image", "source": source}, {"type": "text", "text": "What is this?"}]
+    return anthropic_client(gateway).messages.with_raw_response.create(
+        model="step-3.7-flash", max_tokens=64, messages=[{"role": "user", "content": content}]
+    )
+
+
 @pytest.mark.parametrize("image_format", list(IMAGE_TYPES))
 @pytest.mark.parametrize("source", ["data", "url"])
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
 def test_images_reach_the_upstream_byte_for_byte(
     gateway: LiveServer,
     upstreams: dict[str, ScriptedUpstream],
     hosts: dict[str, MediaHost],
     image_format: str,
     source: str,
+    protocol: str,
 ) -> None:
     body, media_type = image_bytes(image_format, 1000, 500), IMAGE_TYPES[image_format]
-    if source == "data":
-        url = data_url(media_type, body)
+    url = hosts["allowed"].add(f"picture.{image_format.lower()}", body, media_type)
+    if protocol == "openai":
+        response = ask_openai(
+            gateway, [image_part(url if source == "url" else data_url(media_type, body))]
+        )
+        assert response.parse().choices[0].message.content
     else:
-        url = hosts["allowed"].add(f"picture.{image_format.lower()}", body, media_type)
-    response = ask_openai(gateway, [image_part(url)])
-    assert response.parse().choices[0].message.content
+        encoded = base64.b64encode(body).decode()
+        block = (
+            {"type": "url", "url": url}
+            if source == "url"
+            else {"type": "base64", "media_type": media_type, "data": encoded}
+        )
+        response = ask_anthropic(gateway, block)
+        assert response.parse().stop_reason == "end_turn"
     (part,) = sent_media(upstreams["sglang"])
     assert part["image_url"]["detail"] == "high"  # step-3.7-flash's default
     assert decoded(part["image_url"]["url"]) == (media_type, body)
@@ -178,33 +200,27 @@ def test_videos_reach_the_upstream_byte_for_byte(
     assert response.headers["x-stepflash-video-tokens"] == str(3 * GLOBAL_VIEW_TOKENS)
 
 
-def test_anthropic_image_blocks_take_the_same_path(
-    gateway: LiveServer, upstreams: dict[str, ScriptedUpstream], hosts: dict[str, MediaHost]
+def test_images_are_counted_and_bounded_per_request(
+    gateway: LiveServer, upstreams: dict[str, ScriptedUpstream]
 ) -> None:
+    """Several images across messages: each prepared in place, their tokens summed."""
     png, webp = image_bytes("PNG", 600, 1200), image_bytes("WEBP", 728, 728)
-    url = hosts["allowed"].add("portrait.webp", webp, "image/webp")
-    content = [
-        {
-            "type": "image",
-            "source": {
-                "type": "base64",
-                "media_type": "image/png",
-                "data": base64.b64encode(png).decode(),
-            },
-        },
-        {"type": "image", "source": {"type": "url", "url": url}},
-        {"type": "text", "text": "Compare them."},
+    first = [image_part(data_url("image/png", png)), image_part(data_url("image/webp", webp))]
+    messages = [
+        {"role": "user", "content": [*first, {"type": "text", "text": "Remember these."}]},
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": [image_part(data_url("image/png", png))]},
     ]
-    response = anthropic_client(gateway).messages.with_raw_response.create(
-        model="step-3.7-flash", max_tokens=64, messages=[{"role": "user", "content": content}]
+    response = openai_client(gateway).chat.completions.with_raw_response.create(
+        model="step-3.7-flash", messages=messages
     )
-    assert response.parse().stop_reason == "end_turn"
-    sent = sent_media(upstreams["sglang"])
-    assert [decoded(part["image_url"]["url"]) for part in sent] == [
-        ("image/png", png),
-        ("image/webp", webp),
-    ]
-    assert response.headers["x-stepflash-image-tokens"] == str(422 + 171)
+    assert response.headers["x-stepflash-image-tokens"] == str(422 + 171 + 422)
+    sent = upstreams["sglang"].requests[-1]["messages"]
+    assert [decoded(part["image_url"]["url"])[1] for part in sent[0]["content"][:2]] == [png, webp]
+    assert decoded(sent[2]["content"][0]["image_url"]["url"])[1] == png
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask_openai(gateway, [image_part(data_url("image/png", png))] * (MAX_PARTS + 1))
+    assert f"at most {MAX_PARTS} images and videos" in caught.value.body["message"]
 
 
 def test_a_large_image_is_scaled_to_what_the_model_sees(
@@ -423,6 +439,7 @@ def hostile_files(hosts: dict[str, MediaHost]) -> list[tuple[str, dict[str, Any]
             "sent text/html",
         ),
         ("missing, by URL", image_part(f"{allowed.url}/files/gone.png"), bad, "404"),
+        ("too slow, by URL", image_part(f"{allowed.url}/slow"), bad, "longer than 2 s"),
         ("truncated MP4", video("video/mp4", mp4[: len(mp4) // 2]), unsupported, "not a"),
         ("MKV labelled MP4", video("video/mp4", mkv), unsupported, "declared video/mp4"),
         ("PNG labelled MP4", video("video/mp4", png), unsupported, "send MP4, MOV or MKV"),
