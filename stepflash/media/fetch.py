@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -21,7 +20,6 @@ from yarl import URL
 
 from stepflash.media.address_policy import AddressPolicy, AddressRefused
 
-Resolve = Callable[[str, int], Awaitable[list[ResolveResult]]]
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
 
@@ -86,12 +84,10 @@ class MediaFetcher:
         policy: AddressPolicy,
         timeout_seconds: float,
         max_redirects: int,
-        resolve: Resolve = resolve_host,
     ) -> None:
         self._policy = policy
         self._timeout = timeout_seconds
         self._max_redirects = max_redirects
-        self._resolve = resolve
 
     async def fetch(self, url: str, max_bytes: int, accepted_types: tuple[str, ...]) -> Fetched:
         """The body of `url`, at most `max_bytes`, of a content type starting with one of
@@ -105,6 +101,8 @@ class MediaFetcher:
             raise FetchFailed(f"{error}; stepflash fetches only public addresses") from None
         except aiohttp.ClientError as error:
             raise FetchFailed(f"fetching it failed: {error}") from None
+        except ValueError as error:  # a malformed URL or Location, an unencodable host name
+            raise FetchFailed(f"the URL is not valid ({error})") from None
 
     async def _follow(self, url: URL, max_bytes: int, accepted: tuple[str, ...]) -> Fetched:
         for _ in range(self._max_redirects + 1):
@@ -136,7 +134,7 @@ class MediaFetcher:
         if not host or port is None:
             raise FetchFailed("the URL has no host")
         self._policy.check_host(host)
-        results = await self._resolve(host, port)
+        results = await resolve_host(host, port)
         if not results:
             raise FetchFailed(f"the host {host} has no address")
         for result in results:

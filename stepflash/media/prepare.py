@@ -67,20 +67,16 @@ class MediaPreparer:
         if not request.has_media:
             return request
         places = [
-            (position, index)
+            (position, index, part)
             for position, message in enumerate(request.messages)
             for index, part in enumerate(message.parts)
             if not isinstance(part, TextPart)
         ]
         tasks = [
             asyncio.ensure_future(
-                self._prepare_part(
-                    request.messages[position].parts[index],  # type: ignore[arg-type]
-                    f"messages[{position}].content[{index}]",
-                    default_detail,
-                )
+                self._prepare_part(part, f"messages[{position}].content[{index}]", default_detail)
             )
-            for position, index in places
+            for position, index, part in places
         ]
         try:
             prepared = await asyncio.gather(*tasks)
@@ -90,7 +86,7 @@ class MediaPreparer:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         messages = [list(message.parts) for message in request.messages]
-        for (position, index), part in zip(places, prepared, strict=True):
+        for (position, index, _), part in zip(places, prepared, strict=True):
             messages[position][index] = part
         return replace(
             request,

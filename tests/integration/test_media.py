@@ -347,6 +347,8 @@ def hostile_urls(hosts: dict[str, MediaHost]) -> list[tuple[str, str]]:
         ("file:///etc/passwd", "must be http"),
         (f"gopher://127.0.0.1:{v}/", "must be http"),
         (f"http://user:secret@127.0.0.1:{allowed.port}/files/ok.png", "credentials"),
+        ("http://[::1/files/x.png", "not valid"),
+        ("http://a..b/x.png", "not valid"),
     ]
     return [(url, REFUSED) for url in loopback + elsewhere] + redirects + others
 
