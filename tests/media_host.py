@@ -6,6 +6,7 @@ It records every request it gets, so a test can prove that a refused URL was nev
 from __future__ import annotations
 
 import asyncio
+import gzip
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -44,6 +45,7 @@ class MediaHost:
                 Route("/redirect", self._redirect),
                 Route("/loop/{n:int}", self._loop),
                 Route("/slow", self._slow),
+                Route("/gzip-bomb", self._gzip_bomb),
             ]
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
@@ -87,3 +89,9 @@ class MediaHost:
 
         self.hits.append(request.url.path)
         return StreamingResponse(trickle(), media_type="image/png")
+
+    async def _gzip_bomb(self, request: Request) -> Response:
+        """20 MB of zeros, gzip-encoded to about 20 KB."""
+        self.hits.append(request.url.path)
+        body = gzip.compress(b"\0" * 20_000_000, compresslevel=9)
+        return Response(body, media_type="image/png", headers={"Content-Encoding": "gzip"})

@@ -22,6 +22,7 @@ from stepflash.media.address_policy import AddressPolicy, AddressRefused
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
+_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "stepflash-media-fetcher"}
 
 
 class FetchFailed(Exception):
@@ -112,9 +113,13 @@ class MediaFetcher:
                 use_dns_cache=False,
                 force_close=True,
             )
+            # No transparent decompression: a gzip bomb would inflate past the byte cap
+            # inside one chunk. Media formats are compressed already; ask for them as they are.
             async with (
-                aiohttp.ClientSession(connector=connector, trust_env=False) as session,
-                session.get(url, allow_redirects=False) as response,
+                aiohttp.ClientSession(
+                    connector=connector, trust_env=False, auto_decompress=False
+                ) as session,
+                session.get(url, allow_redirects=False, headers=_HEADERS) as response,
             ):
                 if response.status in _REDIRECTS and "Location" in response.headers:
                     url = url.join(URL(response.headers["Location"]))
@@ -150,6 +155,9 @@ async def _read(
     generic = content_type in (None, "application/octet-stream", "binary/octet-stream")
     if not generic and not (content_type or "").startswith(accepted):
         raise FetchFailed(f"the server sent {content_type}, not {' or '.join(accepted)}")
+    encoding = response.headers.get("Content-Encoding", "identity").lower()
+    if encoding != "identity":
+        raise FetchFailed(f"the server sent it {encoding}-encoded; it must send the file as is")
     if (response.content_length or 0) > max_bytes:
         raise FetchFailed(f"it is {response.content_length} bytes; the limit is {max_bytes}")
     body = bytearray()

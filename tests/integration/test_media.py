@@ -442,6 +442,7 @@ def hostile_files(hosts: dict[str, MediaHost]) -> list[tuple[str, dict[str, Any]
         ),
         ("missing, by URL", image_part(f"{allowed.url}/files/gone.png"), bad, "404"),
         ("too slow, by URL", image_part(f"{allowed.url}/slow"), bad, "longer than 2 s"),
+        ("gzip bomb, by URL", image_part(f"{allowed.url}/gzip-bomb"), bad, "gzip-encoded"),
         ("truncated MP4", video("video/mp4", mp4[: len(mp4) // 2]), unsupported, "not a"),
         ("MKV labelled MP4", video("video/mp4", mkv), unsupported, "declared video/mp4"),
         ("PNG labelled MP4", video("video/mp4", png), unsupported, "send MP4, MOV or MKV"),
