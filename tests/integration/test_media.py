@@ -62,10 +62,9 @@ def reset(upstreams: dict[str, ScriptedUpstream], hosts: dict[str, MediaHost]) -
     hosts["victim"].hits.clear()
 
 
-@pytest.fixture(scope="module")
-def gateway(
+def write_config(
     session_tmp: Path, upstreams: dict[str, ScriptedUpstream], hosts: dict[str, MediaHost]
-) -> Iterator[LiveServer]:
+) -> Path:
     config = session_tmp / "media.toml"
     config.write_text(f"""
 [limits]
@@ -89,7 +88,24 @@ backend = "completions"
 replicas = ["{upstreams["raw"].url}"]
 media = ["image"]
 """)
-    server = start_server(session_tmp, None, config=config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    session_tmp: Path, upstreams: dict[str, ScriptedUpstream], hosts: dict[str, MediaHost]
+) -> Iterator[LiveServer]:
+    server = start_server(session_tmp, None, config=write_config(session_tmp, upstreams, hosts))
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture
+def fresh_gateway(
+    session_tmp: Path, upstreams: dict[str, ScriptedUpstream], hosts: dict[str, MediaHost]
+) -> Iterator[LiveServer]:
+    """A gateway of its own, so its peak memory is this test's alone."""
+    server = start_server(session_tmp, None, config=write_config(session_tmp, upstreams, hosts))
     yield server
     stop_server(server)
 
@@ -460,17 +476,17 @@ def peak_rss_bytes(server: LiveServer) -> int:
 
 
 def test_hostile_files_are_refused_with_bounded_memory(
-    gateway: LiveServer,
+    fresh_gateway: LiveServer,
     upstreams: dict[str, ScriptedUpstream],
     hosts: dict[str, MediaHost],
     record_property: Any,
 ) -> None:
-    before = peak_rss_bytes(gateway)
+    before = peak_rss_bytes(fresh_gateway)
     wrong = []
     table = hostile_files(hosts)
     for name, part, code, says in table:
         try:
-            ask_openai(gateway, [part])
+            ask_openai(fresh_gateway, [part])
             wrong.append((name, "was accepted"))
         except openai.BadRequestError as error:
             body = error.body
@@ -480,7 +496,7 @@ def test_hostile_files_are_refused_with_bounded_memory(
                 wrong.append((name, body["code"], body["message"]))
     assert not wrong
     assert not upstreams["sglang"].requests
-    after = peak_rss_bytes(gateway)
+    after = peak_rss_bytes(fresh_gateway)
     record_property("server peak RSS, MiB", round(after / 2**20, 1))
     record_property("growth while refusing hostile files, MiB", round((after - before) / 2**20, 1))
     # The bomb alone would take 900 MB decoded; checked files must cost far less.
