@@ -44,8 +44,10 @@ def _decode_data_url(url: str, max_bytes: int) -> tuple[bytes, str | None, str]:
     return data, media_type or None, payload
 
 
-def _data_url(media_type: str, data: bytes) -> str:
-    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+def _data_url(media_type: str, data: bytes, payload: str | None) -> str:
+    """`data` as a data URL, reusing its base64 text when it arrived as one."""
+    encoded = payload if payload is not None else base64.b64encode(data).decode()
+    return f"data:{media_type};base64,{encoded}"
 
 
 class MediaPreparer:
@@ -160,12 +162,8 @@ class MediaPreparer:
             if detail == "low"
             else image_tokens(checked.width, checked.height)
         )
-        unchanged = payload is not None and checked.data is data
-        url = (
-            f"data:{checked.media_type};base64,{payload}"
-            if unchanged
-            else _data_url(checked.media_type, checked.data)
-        )
+        unchanged = checked.data is data
+        url = _data_url(checked.media_type, checked.data, payload if unchanged else None)
         return ImagePart(url, detail, tokens)
 
     async def _video(self, part: VideoPart) -> VideoPart:
@@ -179,9 +177,4 @@ class MediaPreparer:
         tokens = video_tokens(
             checked.seconds, settings.video_frames_per_second, settings.video_max_frames
         )
-        url = (
-            f"data:{checked.media_type};base64,{payload}"
-            if payload is not None
-            else _data_url(checked.media_type, data)
-        )
-        return VideoPart(url, tokens)
+        return VideoPart(_data_url(checked.media_type, data, payload), tokens)
