@@ -85,7 +85,10 @@ class MediaSettings(_Section):
 
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(
-        50_000_000, ge=1, description="Width times height; larger images (and bombs) are refused."
+        50_000_000,
+        ge=1,
+        le=178_000_000,  # Pillow refuses more itself, as a decompression bomb
+        description="Width times height; larger images (and bombs) are refused.",
     )
     min_image_side: int = Field(10, ge=1, description="Pixels on the shorter side, at least.")
     max_aspect_ratio: float = Field(25.0, ge=1, description="Longer side over shorter side.")

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import threading
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.conftest import free_port
+from tests.threaded_server import ThreadedServer
 
 
 @dataclass
@@ -48,19 +46,12 @@ class MediaHost:
                 Route("/gzip-bomb", self._gzip_bomb),
             ]
         )
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            assert time.monotonic() < deadline, "media host did not start"
-            time.sleep(0.02)
+        self._server = ThreadedServer(app, self.port, "media host")
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._server.stop()
 
     async def _file(self, request: Request) -> Response:
         self.hits.append(request.url.path)

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.conftest import free_port
+from tests.threaded_server import ThreadedServer
 
 
 @dataclass
@@ -100,19 +98,12 @@ class ScriptedUpstream:
                 Route("/tokenize", self._tokenize, methods=["POST"]),
             ]
         )
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            assert time.monotonic() < deadline, "scripted upstream did not start"
-            time.sleep(0.02)
+        self._server = ThreadedServer(app, self.port, "scripted upstream")
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._server.stop()
 
     async def _tokenize(self, request: Request) -> Response:
         """vLLM's chat form answers `count`; a raw prompt gets llama.cpp's `tokens` list."""
