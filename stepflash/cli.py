@@ -17,6 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 
 from stepflash.config import ConfigError, Settings, load_settings
+from stepflash.deploy.cli import deploy_app
 from stepflash.engines.embedded import model_store
 from stepflash.engines.embedded.model_store import ModelUnavailable, ProgressCallback
 
@@ -29,6 +30,7 @@ models_app = typer.Typer(
     help="Install, list and verify the embedded CPU models.", no_args_is_help=True
 )
 app.add_typer(models_app, name="models")
+app.add_typer(deploy_app, name="deploy")
 console = Console(stderr=True)
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")]
