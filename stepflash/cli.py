@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
+from stepflash.bench.cli import bench
 from stepflash.config import ConfigError, Settings, load_settings
 from stepflash.deploy.cli import deploy_app
 from stepflash.engines.embedded import model_store
@@ -31,6 +32,7 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(deploy_app, name="deploy")
+app.command("bench")(bench)
 console = Console(stderr=True)
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")]

@@ -1,0 +1,1 @@
+"""`stepflash bench`: a serving benchmark for any OpenAI-compatible chat endpoint."""
