@@ -1,8 +1,8 @@
 """The hardware the planner knows: memory per device and what the silicon can run.
 
-Memory is the vendor's figure in decimal gigabytes per device (what `nvidia-smi` users see
-as the card's size), because that is how people name their machines. Unified-memory
-machines share it with the operating system, so part of it is held back for the OS.
+Memory is in GiB, as the driver reports it (`nvidia-smi`, `rocm-smi`; RAM sizes are binary
+too), while weights are file sizes in decimal GB: both become bytes before any arithmetic.
+Unified-memory machines share memory with the operating system, so part is held back.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 GB = 1_000_000_000
+GIB = 2**30
 
 
 class Vendor(StrEnum):
@@ -25,25 +26,25 @@ class HardwareProfile:
     """One kind of accelerator (or unified-memory machine)."""
 
     name: str
-    memory_gb: float
+    memory_gib: float
     vendor: Vendor
     architecture: str
     fp8: bool
     nvfp4: bool  # the NVFP4 MoE kernels the published recipes use (datacenter Blackwell)
     unified: bool  # memory shared with the CPU and the OS
     max_count: int
-    os_reserve_gb: float = 0.0  # unified memory the OS keeps for itself
+    os_reserve_gib: float = 0.0  # unified memory the OS keeps for itself
     aliases: tuple[str, ...] = ()
     note: str = ""
 
     @property
     def memory_bytes(self) -> int:
-        return int(self.memory_gb * GB)
+        return int(self.memory_gib * GIB)
 
     @property
     def usable_bytes(self) -> int:
         """Memory an engine may use on one device (unified machines keep some for the OS)."""
-        return int((self.memory_gb - self.os_reserve_gb) * GB)
+        return int((self.memory_gib - self.os_reserve_gib) * GIB)
 
     @property
     def discrete_gpu(self) -> bool:
@@ -52,17 +53,17 @@ class HardwareProfile:
 
 
 PROFILES: tuple[HardwareProfile, ...] = (
-    HardwareProfile("H100", 80, Vendor.NVIDIA, "hopper", True, False, False, 8),
-    HardwareProfile("H200", 141, Vendor.NVIDIA, "hopper", True, False, False, 8),
-    HardwareProfile("B200", 180, Vendor.NVIDIA, "blackwell", True, True, False, 8),
-    HardwareProfile("B300", 288, Vendor.NVIDIA, "blackwell-ultra", True, True, False, 8),
-    HardwareProfile("GB200", 186, Vendor.NVIDIA, "blackwell", True, True, False, 8),
-    HardwareProfile("GB300", 288, Vendor.NVIDIA, "blackwell-ultra", True, True, False, 8),
+    HardwareProfile("H100", 79.6, Vendor.NVIDIA, "hopper", True, False, False, 8),
+    HardwareProfile("H200", 140.4, Vendor.NVIDIA, "hopper", True, False, False, 8),
+    HardwareProfile("B200", 179.0, Vendor.NVIDIA, "blackwell", True, True, False, 8),
+    HardwareProfile("B300", 268.0, Vendor.NVIDIA, "blackwell-ultra", True, True, False, 8),
+    HardwareProfile("GB200", 184.0, Vendor.NVIDIA, "blackwell", True, True, False, 8),
+    HardwareProfile("GB300", 277.0, Vendor.NVIDIA, "blackwell-ultra", True, True, False, 8),
     HardwareProfile("MI300X", 192, Vendor.AMD, "cdna3", True, False, False, 8),
     HardwareProfile("MI355X", 288, Vendor.AMD, "cdna4", True, False, False, 8),
     HardwareProfile(
         "RTX PRO 6000",
-        96,
+        95.6,
         Vendor.NVIDIA,
         "blackwell-sm120",
         True,
@@ -74,7 +75,7 @@ PROFILES: tuple[HardwareProfile, ...] = (
     ),
     HardwareProfile(
         "DGX Station",
-        288,
+        277.0,
         Vendor.NVIDIA,
         "blackwell-ultra",
         True,
@@ -93,7 +94,7 @@ PROFILES: tuple[HardwareProfile, ...] = (
         False,
         True,
         1,
-        os_reserve_gb=8,
+        os_reserve_gib=8,
         aliases=("dgxspark", "gb10"),
         note="GB10, 128 GB unified LPDDR5X",
     ),
@@ -106,9 +107,10 @@ PROFILES: tuple[HardwareProfile, ...] = (
         False,
         True,
         1,
-        os_reserve_gb=16,
+        os_reserve_gib=8,
         aliases=("macstudio", "m3ultra"),
-        note="M3 Ultra, 512 GB unified (use --memory-gb for 96 or 256 GB models)",
+        note="M3 Ultra, 512 GB unified (--memory-gb 256 for smaller models); StepFun raises "
+        "macOS's GPU limit to 120 GiB on a 128 GB Mac, so 8 GiB is left to the OS",
     ),
     HardwareProfile(
         "Ryzen AI Max+ 395",
@@ -119,7 +121,7 @@ PROFILES: tuple[HardwareProfile, ...] = (
         False,
         True,
         1,
-        os_reserve_gb=8,
+        os_reserve_gib=8,
         aliases=("ryzenaimax395", "ryzenaimax+395", "strixhalo", "ryzen395"),
         note="Strix Halo, 128 GB unified; llama.cpp via Vulkan or ROCm",
     ),
@@ -154,7 +156,11 @@ class Hardware:
 
 
 def parse_hardware(text: str, memory_gb: float | None = None) -> Hardware:
-    """Read `4xH200`, `H200`, `8 x h100` or `mac-studio`; `memory_gb` overrides the size."""
+    """Read `4xH200`, `H200`, `8 x h100` or `mac-studio`.
+
+    `memory_gb` overrides the memory per device as vendors name it (a "256 GB" Mac has
+    256 GiB).
+    """
     match = re.fullmatch(r"\s*(?:(\d+)\s*[x*\u00d7]\s*)?(.+?)\s*", text, re.IGNORECASE)
     if not match:
         raise UnknownHardware(f"cannot read hardware {text!r}; write it as 4xH200")
@@ -166,7 +172,7 @@ def parse_hardware(text: str, memory_gb: float | None = None) -> Hardware:
     if count < 1:
         raise UnknownHardware("the device count must be at least 1")
     if memory_gb is not None:
-        if memory_gb <= profile.os_reserve_gb:
-            raise UnknownHardware(f"--memory-gb must be above {profile.os_reserve_gb:g}")
-        profile = replace(profile, memory_gb=memory_gb)
+        if memory_gb <= profile.os_reserve_gib:
+            raise UnknownHardware(f"--memory-gb must be above {profile.os_reserve_gib:g}")
+        profile = replace(profile, memory_gib=memory_gb)
     return Hardware(profile, count)

@@ -46,7 +46,7 @@ class Target:
 
     @property
     def weights_source(self) -> str:
-        return self.model_path or self.model.checkpoints[self.quantization]
+        return self.model_path or self.model.checkpoints.get(self.quantization, "MODEL_PATH")
 
     def describe(self) -> dict[str, Any]:
         return {
