@@ -21,6 +21,17 @@ from stepflash.bench.workload import WorkloadError, from_file, synthetic
 console = Console(stderr=True)
 MAX_CONCURRENCY = 10_000
 MAX_REQUESTS = 1_000_000
+COLUMNS = (
+    "conc.",
+    "ok",
+    "req/s",
+    "tok/s",
+    "TTFT p50",
+    "TTFT p99",
+    "TPOT p50",
+    "E2E p50",
+    "E2E p99",
+)
 
 
 def _levels(text: str) -> list[int]:
@@ -180,18 +191,7 @@ def _cell(distribution: dict[str, float | None], key: str) -> str:
 
 def _table(summaries: list[dict[str, Any]]) -> Table:
     table = Table(title="stepflash bench (milliseconds unless noted)")
-    for column in (
-        "conc.",
-        "ok/all",
-        "req/s",
-        "out tok/s",
-        "TTFT p50",
-        "TTFT p99",
-        "TPOT p50",
-        "ITL p99",
-        "E2E p50",
-        "E2E p99",
-    ):
+    for column in COLUMNS:
         table.add_column(column, justify="right")
     for s in summaries:
         table.add_row(

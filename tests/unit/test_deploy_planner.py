@@ -127,7 +127,8 @@ RECIPES = [
         "vllm serve stepfun-ai/Step-3.7-Flash-FP8 --tensor-parallel-size 8 "
         "--enable-expert-parallel --disable-cascade-attn --reasoning-parser step3p5 "
         "--enable-auto-tool-choice --tool-call-parser step3p5 "
-        """--speculative-config '{"method": "mtp", "num_speculative_tokens": 3}' --trust-remote-code""",
+        """--speculative-config '{"method": "mtp", "num_speculative_tokens": 3}' """
+        "--trust-remote-code",
     ),
     (
         "StepFun model card, Step 3.7 NVFP4 with vLLM on 4xB200 at 8K context",
@@ -435,7 +436,7 @@ def test_automatic_quantization_picks_the_most_precise_that_fits() -> None:
         ("mac-studio", "Mac Studio", 1),
         ("ryzen ai max+ 395", "Ryzen AI Max+ 395", 1),
         ("2xRTX PRO 6000", "RTX PRO 6000", 2),
-        ("4×GB300", "GB300", 4),
+        ("4\u00d7GB300", "GB300", 4),
     ],
 )
 def test_hardware_names(text: str, name: str, count: int) -> None:
