@@ -29,9 +29,11 @@ def _prompt_words(request: dict[str, Any]) -> int:
     words = 0
     for message in request.get("messages") or ():
         content = message.get("content")
-        parts = [content] if isinstance(content, str) else [
-            part.get("text", "") for part in content or () if isinstance(part, dict)
-        ]
+        parts = (
+            [content]
+            if isinstance(content, str)
+            else [part.get("text", "") for part in content or () if isinstance(part, dict)]
+        )
         words += sum(len(str(part).split()) for part in parts)
     return words
 
@@ -41,9 +43,15 @@ def _event(body: dict[str, Any]) -> bytes:
 
 
 def _chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-    return _event({"id": "chatcmpl-paced", "object": "chat.completion.chunk", "created": 1,
-                   "model": MODEL, "choices": [{"index": 0, "delta": delta,
-                                                "finish_reason": finish}]})
+    return _event(
+        {
+            "id": "chatcmpl-paced",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+    )
 
 
 async def _read_json(receive: Any) -> dict[str, Any]:
@@ -56,8 +64,13 @@ async def _read_json(receive: Any) -> dict[str, Any]:
 
 
 async def _send(send: Any, status: int, body: bytes, kind: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -75,8 +88,13 @@ def make_app(ttft: float, itl: float) -> Any:
             return
         request = await _read_json(receive)
         count = int(request.get("max_completion_tokens") or request.get("max_tokens") or 16)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
         if ttft:
             await asyncio.sleep(ttft)
         started = time.perf_counter()
@@ -90,27 +108,46 @@ def make_app(ttft: float, itl: float) -> Any:
             if index == 0:
                 delta["role"] = "assistant"
             finish = "length" if index == count - 1 else None
-            await send({"type": "http.response.body", "body": _chunk(delta, finish),
-                        "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": _chunk(delta, finish), "more_body": True}
+            )
         tail = b""
         if (request.get("stream_options") or {}).get("include_usage"):
             prompt = _prompt_words(request)
-            usage = {"prompt_tokens": prompt, "completion_tokens": count,
-                     "total_tokens": prompt + count}
-            tail = _event({"id": "chatcmpl-paced", "object": "chat.completion.chunk",
-                           "created": 1, "model": MODEL, "choices": [], "usage": usage})
+            usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": count,
+                "total_tokens": prompt + count,
+            }
+            tail = _event(
+                {
+                    "id": "chatcmpl-paced",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": MODEL,
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
         await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
 
     return app
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, default=9200)
     parser.add_argument("--ttft-ms", type=float, default=50.0)
     parser.add_argument("--itl-ms", type=float, default=5.0)
     args = parser.parse_args()
-    uvicorn.run(make_app(args.ttft_ms / 1000, args.itl_ms / 1000), host="127.0.0.1",
-                port=args.port, log_level="error", access_log=False, loop="uvloop",
-                http="httptools")
+    uvicorn.run(
+        make_app(args.ttft_ms / 1000, args.itl_ms / 1000),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="error",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )

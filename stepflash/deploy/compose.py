@@ -50,7 +50,7 @@ def _healthcheck(test: list[str], start_seconds: int = 30) -> dict[str, Any]:
 def _engine_service(plan: Plan) -> dict[str, Any]:
     target = plan.target
     recipe = RECIPES[target.engine]
-    inside = recipe.command(target.with_changes(host="0.0.0.0"), "0.0.0.0")
+    inside = recipe.command(target.with_changes(host="0.0.0.0"))
     if inside.image is None:
         raise ComposeRefused(
             f"{target.engine} on {target.hardware.profile.name} has no container image that "

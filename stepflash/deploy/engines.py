@@ -124,7 +124,7 @@ class EngineRecipe(ABC):
         return target.model.architecture.mtp_layers if target.mtp else 0
 
     @abstractmethod
-    def command(self, target: Target, bind_host: str) -> LaunchCommand: ...
+    def command(self, target: Target) -> LaunchCommand: ...
 
     def backend_entry(self, target: Target, base_url: str) -> dict[str, Any]:
         """The `[[models]]` entry of stepflash.toml that serves this engine."""
@@ -214,11 +214,11 @@ class SGLangRecipe(_GpuEngine):
     def reserve(self, target: Target) -> RuntimeReserve:
         return RuntimeReserve(self.memory_fraction, 0.0)  # activations live outside the fraction
 
-    def command(self, target: Target, bind_host: str) -> LaunchCommand:
+    def command(self, target: Target) -> LaunchCommand:
         count, quant = target.hardware.count, target.quantization
         amd = target.hardware.profile.vendor is Vendor.AMD
         argv = ["sglang", "serve", "--model-path", target.weights_source]
-        argv += ["--served-model-name", target.model.name, "--host", bind_host]
+        argv += ["--served-model-name", target.model.name, "--host", target.host]
         argv += ["--port", str(target.port), "--tp", str(count)]
         # The cookbook's generator adds expert parallelism for FP8 and on AMD (where the
         # 320-wide TP shard of an expert breaks AITER's GEMM); the NVFP4 recipe has it too.
@@ -298,11 +298,11 @@ class VllmRecipe(_GpuEngine):
             return 1  # vLLM runs one MTP layer of 3.5 (num_nextn_predict_layers 1)
         return super().mtp_layers(target)
 
-    def command(self, target: Target, bind_host: str) -> LaunchCommand:
+    def command(self, target: Target) -> LaunchCommand:
         count, quant = target.hardware.count, target.quantization
         profile = target.hardware.profile
         argv = ["vllm", "serve", target.weights_source, "--served-model-name", target.model.name]
-        argv += ["--host", bind_host, "--port", str(target.port)]
+        argv += ["--host", target.host, "--port", str(target.port)]
         if self.layout(target) is Layout.DATA:
             argv += ["--data-parallel-size", str(count)]
         else:
@@ -383,7 +383,7 @@ class LlamaCppRecipe(EngineRecipe):
     def parses(self, target: Target) -> bool:
         return False  # stepflash renders the Step template and parses the raw completions
 
-    def command(self, target: Target, bind_host: str) -> LaunchCommand:
+    def command(self, target: Target) -> LaunchCommand:
         profile = target.hardware.profile
         source = (
             ["-m", target.model_path]
@@ -391,7 +391,7 @@ class LlamaCppRecipe(EngineRecipe):
             else ["-hf", f"{target.model.checkpoints[Quantization.GGUF]}:{self.gguf_quant}"]
         )
         argv = ["llama-server", *source, "--alias", target.model.name]
-        argv += ["--host", bind_host, "--port", str(target.port)]
+        argv += ["--host", target.host, "--port", str(target.port)]
         # llama-server's -c is the total over its -np slots.
         argv += ["-c", str(target.context * target.concurrency), "-np", str(target.concurrency)]
         argv += ["-ngl", "999", "-fa", "on", "-b", "2048", "-ub", "2048"]
@@ -456,8 +456,8 @@ class TransformersRecipe(EngineRecipe):
     def reserve(self, target: Target) -> RuntimeReserve:
         return RuntimeReserve(0.9, 4.0)
 
-    def command(self, target: Target, bind_host: str) -> LaunchCommand:
-        argv = ["transformers", "serve", target.weights_source, "--host", bind_host]
+    def command(self, target: Target) -> LaunchCommand:
+        argv = ["transformers", "serve", target.weights_source, "--host", target.host]
         argv += ["--port", str(target.port), "--trust-remote-code", "--dtype", "bfloat16"]
         argv += ["--continuous-batching"]
         return LaunchCommand(argv)

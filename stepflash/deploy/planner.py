@@ -151,10 +151,9 @@ def evaluate(target: Target) -> Plan:
     cache = kv_cache(target.model, target.kv_cache, target.quantization, recipe.mtp_layers(target))
     refusals = recipe.refusals(target)
     problems = [r.reason for r in refusals] or _memory_problems(target, budget, cache)
-    bind_host = target.host
-    command = recipe.command(target, bind_host)
+    command = recipe.command(target)
     command = replace(command, before=_apple_wired_limit(target, budget))
-    base_url = f"http://{_url_host(bind_host)}:{target.port}/v1"
+    base_url = f"http://{_url_host(target.host)}:{target.port}/v1"
     return Plan(
         target=target,
         layout=layout,
@@ -260,7 +259,7 @@ def docker_run_line(plan: Plan, name: str | None = None) -> list[str] | None:
     if command.image is None:
         return None
     target = plan.target
-    inside = RECIPES[target.engine].command(target.with_changes(host="0.0.0.0"), "0.0.0.0")
+    inside = RECIPES[target.engine].command(target.with_changes(host="0.0.0.0"))
     argv = ["docker", "run", "--rm"]
     if name:
         argv += ["--name", name]
