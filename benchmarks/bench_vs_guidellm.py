@@ -302,7 +302,7 @@ def write_markdown(results: dict[str, Any]) -> None:
     lines = [
         "# stepflash bench vs guidellm",
         "",
-        f"guidellm {results['guidellm_version']}; paced upstream "
+        f"{results['guidellm_version']}; paced upstream "
         f"TTFT {results['settings']['ttft_ms']} ms, ITL {results['settings']['itl_ms']} ms, "
         f"{results['settings']['input_tokens']} in / {results['settings']['output_tokens']} out "
         f"tokens, at least {results['settings']['requests']} requests (30 per worker) per level; "

@@ -124,21 +124,16 @@ def _memory_problems(target: Target, budget: MemoryBudget, cache: KvCache) -> li
     return []
 
 
-def _apple_wired_limit(target: Target, budget: MemoryBudget) -> list[str]:
+def _apple_wired_limit(target: Target, budget: MemoryBudget, cache: KvCache) -> list[str]:
     """macOS lets the GPU wire about 75% of memory; raise it when the plan needs more."""
     profile = target.hardware.profile
     if profile.vendor is not Vendor.APPLE:
         return []
-    needed = budget.device - max(budget.kv_room, 0) + _needed_kv(target, budget)
+    kv = cache.per_sequence(target.context) * target.concurrency
+    needed = budget.weights + budget.runtime + kv
     if needed <= profile.memory_bytes * 0.75:
         return []
     return [f"sudo sysctl iogpu.wired_limit_mb={math.ceil(needed / 2**20 / 1024) * 1024}"]
-
-
-def _needed_kv(target: Target, budget: MemoryBudget) -> int:
-    recipe = RECIPES[target.engine]
-    cache = kv_cache(target.model, target.kv_cache, target.quantization, recipe.mtp_layers(target))
-    return int(cache.per_sequence(target.context) * target.concurrency)
 
 
 def evaluate(target: Target) -> Plan:
@@ -152,7 +147,7 @@ def evaluate(target: Target) -> Plan:
     refusals = recipe.refusals(target)
     problems = [r.reason for r in refusals] or _memory_problems(target, budget, cache)
     command = recipe.command(target)
-    command = replace(command, before=_apple_wired_limit(target, budget))
+    command = replace(command, before=_apple_wired_limit(target, budget, cache))
     base_url = f"http://{_url_host(target.host)}:{target.port}/v1"
     return Plan(
         target=target,
