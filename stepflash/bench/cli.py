@@ -14,7 +14,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stepflash.bench.client import Endpoint, RequestResult
-from stepflash.bench.plot import write_plot
 from stepflash.bench.runner import Budget, OnResult, run_sweep
 from stepflash.bench.workload import WorkloadError, from_file, synthetic
 
@@ -145,6 +144,8 @@ def bench(
         },
         "levels": summaries,
     }
+    from stepflash.bench.plot import write_plot  # matplotlib: only when a plot is drawn
+
     output.mkdir(parents=True, exist_ok=True)
     stem = output / time.strftime("bench-%Y%m%d-%H%M%S", time.localtime(started))
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
