@@ -5,12 +5,14 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
 from stepflash import __version__
-from stepflash.api import chat_completions, health, messages, models
+from stepflash.accounts.services import open_account_services
+from stepflash.api import account, chat_completions, health, messages, models
+from stepflash.api.auth import Authenticate
 from stepflash.api.body import install_body_schemas
 from stepflash.api.errors import BodySizeLimit, install_error_handlers
 from stepflash.config import Settings
@@ -35,7 +37,9 @@ def create_app(settings: Settings, embedded: Engine | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with new_session() as session:
+        async with AsyncExitStack() as stack:
+            app.state.accounts = await stack.enter_async_context(open_account_services(settings))
+            session = await stack.enter_async_context(new_session())
             catalog = await build_catalog(settings, session, embedded)
             engines = catalog.engines()
             for engine in engines:
@@ -69,10 +73,12 @@ def create_app(settings: Settings, embedded: Engine | None = None) -> FastAPI:
     app.state.thinking_signer = load_signer(settings.thinking_signing_key, settings.cache_dir)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(Authenticate)  # outermost: a refused caller costs nothing more
     app.include_router(health.router)
     for prefix in API_PREFIXES:
         app.include_router(models.router, prefix=prefix)
         app.include_router(chat_completions.router, prefix=prefix)
         app.include_router(messages.router, prefix=prefix)
+    app.include_router(account.router, prefix="/v1")
     install_body_schemas(app, [ChatCompletionRequest, MessagesRequest, CountTokensRequest])
     return app

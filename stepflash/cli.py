@@ -1,4 +1,4 @@
-"""The `stepflash` command: serve, chat, models."""
+"""The `stepflash` command: serve, chat, models, keys, topup, usage, deploy, bench."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
+from stepflash.accounts.cli import keys_app, topup, usage
 from stepflash.bench.cli import bench
 from stepflash.config import ConfigError, Settings, load_settings
 from stepflash.deploy.cli import deploy_app
@@ -32,6 +33,9 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(deploy_app, name="deploy")
+app.add_typer(keys_app, name="keys")
+app.command("topup")(topup)
+app.command("usage")(usage)
 app.command("bench")(bench)
 console = Console(stderr=True)
 
@@ -83,6 +87,26 @@ def _resolve_with_progress(name: str, settings: Settings) -> Path:
         return model_store.resolve_model(name, settings.cache_dir, on_progress)
 
 
+def _keys_exist(settings: Settings) -> bool:
+    """Whether the accounts database holds an active key (migrating it on the way)."""
+    import asyncio
+
+    from stepflash.accounts.database import DatabaseError, open_database
+    from stepflash.accounts.store import AccountStore
+
+    async def check() -> bool:
+        database = await open_database(settings.database_url)
+        try:
+            return await AccountStore(database, settings.billing.currency).has_active_keys()
+        finally:
+            await database.aclose()
+
+    try:
+        return asyncio.run(check())
+    except DatabaseError as error:
+        raise _fail(str(error)) from None
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
@@ -92,7 +116,7 @@ def serve(
         str | None, typer.Option(help="Embedded model: default, small, tiny or a .gguf path.")
     ] = None,
     allow_open: Annotated[
-        bool, typer.Option(help="Allow a non-loopback address without authentication.")
+        bool, typer.Option(help="Allow a non-loopback address while no API key exists.")
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -107,16 +131,23 @@ def serve(
     settings = _settings(
         config, host=host, port=port, embedded=embedded, allow_open=allow_open or None
     )
-    if not _is_loopback(settings.host) and not settings.allow_open:
-        raise _fail(
-            f"refusing to serve on {settings.host} without authentication: anyone who can reach "
-            "it could use the model. Bind 127.0.0.1, or pass --allow-open if that is intended."
-        )
     logging.basicConfig(
         level=log_level.upper(),
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
+    if not _keys_exist(settings):
+        if not _is_loopback(settings.host) and not settings.allow_open:
+            raise _fail(
+                f"refusing to serve on {settings.host} without API keys: anyone who can reach "
+                "it could use the model. Create one with `stepflash keys create ACCOUNT --admin`, "
+                "bind 127.0.0.1, or pass --allow-open if that is intended."
+            )
+        logging.getLogger("stepflash").warning(
+            "no API keys: serving open on %s with no authentication, limits or billing; "
+            "`stepflash keys create ACCOUNT` turns them on",
+            settings.host,
+        )
     engine = None
     if uses_embedded(settings):
         try:

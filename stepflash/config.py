@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -214,6 +215,137 @@ class StepPlanSettings(_Section):
     )
 
 
+Currency = Literal["USD", "RMB"]
+
+
+class Rates(_Section):
+    """Prices of one model per million tokens, in the platform's currency (FORMATS.md §3)."""
+
+    input: Decimal = Field(ge=0, description="Input tokens not read from the prompt cache.")
+    cached_input: Decimal = Field(ge=0, description="Input tokens read from the prompt cache.")
+    output: Decimal = Field(ge=0, description="Output tokens, reasoning included.")
+
+
+class Tier(_Section):
+    """A spend tier: reached once cumulative top-ups reach `topup`."""
+
+    name: str
+    topup: Decimal = Field(ge=0, description="Cumulative top-up that reaches this tier.")
+    concurrency: int = Field(ge=1)
+    requests_per_minute: int = Field(ge=1)
+    tokens_per_minute: int = Field(ge=1)
+
+
+_PRICES: dict[str, dict[str, dict[str, str]]] = {
+    "USD": {
+        "step-3.7-flash": {"input": "0.20", "cached_input": "0.04", "output": "1.15"},
+        "step-3.5-flash": {"input": "0.09", "cached_input": "0.018", "output": "0.30"},
+    },
+    "RMB": {
+        "step-3.7-flash": {"input": "1.35", "cached_input": "0.27", "output": "8.10"},
+        # StepFun publishes 3.5's price in USD only: converted at 7.2, configurable.
+        "step-3.5-flash": {"input": "0.65", "cached_input": "0.13", "output": "2.16"},
+    },
+}
+_FEES = {  # web search per call; storage per GB per day (USD converted at 7.2)
+    "USD": ("0.0056", "0.07"),
+    "RMB": ("0.04", "0.50"),
+}
+# Tiers by cumulative top-up in RMB (FORMATS.md §3); USD thresholds converted at 7.2, rounded.
+_TIER_LIMITS = [
+    ("V0", 0, 0, 5, 10, 5_000_000),
+    ("V1", 100, 14, 100, 1_000, 20_000_000),
+    ("V2", 500, 70, 200, 5_000, 30_000_000),
+    ("V3", 2_000, 280, 400, 10_000, 40_000_000),
+    ("V4", 5_000, 700, 1_000, 20_000, 50_000_000),
+    ("V5", 10_000, 1_400, 10_000, 200_000, 100_000_000),
+]
+
+
+def default_tiers(currency: Currency) -> list[Tier]:
+    return [
+        Tier(
+            name=name,
+            topup=Decimal(rmb if currency == "RMB" else usd),
+            concurrency=concurrency,
+            requests_per_minute=rpm,
+            tokens_per_minute=tpm,
+        )
+        for name, rmb, usd, concurrency, rpm, tpm in _TIER_LIMITS
+    ]
+
+
+class BillingSettings(_Section):
+    """Prices, fees and tiers. Defaults are StepFun's published ones; they change, so they
+    live here. Amounts are decimal strings or numbers, kept exact (integer micro-units)."""
+
+    currency: Currency = "USD"
+    prices: dict[str, Rates] | None = Field(
+        None, description="Per public model name; default: StepFun's prices in `currency`."
+    )
+    default_model: str = Field(
+        "step-3.7-flash", description="Whose price applies to a model missing from `prices`."
+    )
+    web_search_per_call: Decimal | None = Field(None, ge=0)
+    storage_per_gb_day: Decimal | None = Field(None, ge=0)
+    tiers: list[Tier] | None = Field(None, description="Default: StepFun's V0-V5.")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> BillingSettings:
+        if self.prices is None:
+            self.prices = {m: Rates(**r) for m, r in _PRICES[self.currency].items()}
+        if self.default_model not in self.prices:
+            raise ValueError(f"default_model {self.default_model!r} has no price")
+        search, storage = _FEES[self.currency]
+        if self.web_search_per_call is None:
+            self.web_search_per_call = Decimal(search)
+        if self.storage_per_gb_day is None:
+            self.storage_per_gb_day = Decimal(storage)
+        if self.tiers is None:
+            self.tiers = default_tiers(self.currency)
+        if not self.tiers or self.tiers[0].topup != 0:
+            raise ValueError("the first tier must start at a top-up of 0")
+        if any(a.topup >= b.topup for a, b in zip(self.tiers, self.tiers[1:], strict=False)):
+            raise ValueError("tiers must be in increasing order of top-up")
+        return self
+
+
+class AccountSettings(_Section):
+    """Where accounts, keys and the ledger live, and how replicas share limits."""
+
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL, e.g. postgresql+asyncpg://user@host/db. "
+        "Default: a SQLite file in data_dir.",
+    )
+    redis_url: str | None = Field(
+        None, description="Shared rate-limit state for several replicas; default: in-process."
+    )
+    lease_seconds: float = Field(
+        30.0, gt=0, description="A crashed replica's request slots come back after this."
+    )
+    cache_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How long a replica trusts what it read about a key or a balance; "
+        "a revocation elsewhere takes effect within this.",
+    )
+    ledger_batch: int = Field(512, ge=1, le=10_000, description="Ledger rows per commit, at most.")
+    usage_rows: int = Field(10_000, ge=1, description="Rows a usage report returns, at most.")
+
+
+class FileSettings(_Section):
+    """`/v1/files`: limits from FORMATS.md §3; storage on a local directory."""
+
+    directory: Path | None = Field(None, description="Default: data_dir/files.")
+    max_files_per_account: int = Field(1000, ge=1)
+    max_bytes_storage: int = Field(128 * 1024 * 1024, ge=1)
+    max_bytes_other: int = Field(
+        64 * 1024 * 1024, ge=1, description="file-extract and retrieval-* purposes."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STEPFLASH_", env_nested_delimiter="__", extra="forbid"
@@ -222,9 +354,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     allow_open: bool = Field(
-        False, description="Allow binding a non-loopback address without authentication."
+        False, description="Allow binding a non-loopback address while no API key exists."
     )
     cache_dir: Path = Field(Path.home() / ".cache" / "stepflash")
+    data_dir: Path = Field(
+        Path.home() / ".local" / "share" / "stepflash",
+        description="The SQLite database and uploaded files, unless configured elsewhere.",
+    )
     telemetry: bool = Field(
         False, description="FastAPI's native OpenTelemetry tracing, metrics and logs."
     )
@@ -249,6 +385,17 @@ class Settings(BaseSettings):
         description="Served models; with none, the embedded model serves its served_as names.",
     )
     step_plan: StepPlanSettings = StepPlanSettings()
+    accounts: AccountSettings = AccountSettings()
+    billing: BillingSettings = BillingSettings()
+    files: FileSettings = FileSettings()
+
+    @property
+    def database_url(self) -> str:
+        return self.accounts.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'stepflash.db'}"
+
+    @property
+    def files_directory(self) -> Path:
+        return self.files.directory or self.data_dir / "files"
 
     @model_validator(mode="after")
     def _check_names(self) -> Settings:

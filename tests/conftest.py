@@ -14,6 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+# Real PostgreSQL and Redis servers, started on demand by the tests that need them.
+pytest_plugins = ["tests.services"]
+
 STARTUP_SECONDS = 180
 
 
@@ -43,7 +46,8 @@ def start_server(
     """Start `stepflash serve` as a child process and wait until /ready says it is ready."""
     port = free_port()
     log_path = tmp / f"server-{port}.log"
-    environment = {**os.environ, **(env or {})}
+    # Each server keeps its accounts and files apart, unless the test shares them on purpose.
+    environment = {**os.environ, "STEPFLASH_DATA_DIR": str(tmp / f"data-{port}"), **(env or {})}
     with log_path.open("wb") as log_file:
         command = [sys.executable, "-m", "stepflash", "serve", "--port", str(port)]
         command += ["--model", model] if model else []

@@ -81,6 +81,9 @@ class ScriptedUpstream:
     responder: Callable[[dict[str, Any]], Script] | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     cancelled: int = 0
+    hold_seconds: float = 0.0  # each chat request waits this long before it is answered
+    in_flight: int = 0  # chat requests waiting or being answered, and the most there ever were
+    max_in_flight: int = 0
     port: int = field(default_factory=free_port)
 
     @property
@@ -117,6 +120,15 @@ class ScriptedUpstream:
         return JSONResponse({"object": "list", "data": [{"id": "stepfun-ai/Step-3.7-Flash"}]})
 
     async def _chat(self, request: Request) -> Response:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.hold_seconds)
+            return await self._answer_chat(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer_chat(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append(body)
         if self.mode == "error500":

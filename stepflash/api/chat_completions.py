@@ -41,6 +41,7 @@ async def create_chat_completion(request: Request) -> Response:
     return await respond(
         request,
         lambda: openai.decode(body),
+        request_id=completion_id,
         stream=bool(body.stream),
         headers={"x-request-id": completion_id},
         frames=frames,

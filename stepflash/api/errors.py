@@ -8,6 +8,7 @@ limit is a 413 before it is read into memory; anything unexpected is logged and 
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,9 +29,9 @@ def speaks_anthropic(path: str) -> bool:
 
 
 def error_response(error: StepflashError, path: str) -> JSONResponse:
-    headers = {}
+    headers = dict(error.headers)
     if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     protocol = anthropic if speaks_anthropic(path) else openai
     return JSONResponse(protocol.error_body(error), status_code=error.status, headers=headers)
 

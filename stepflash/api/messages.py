@@ -49,6 +49,7 @@ async def create_message(request: Request) -> Response:
     return await respond(
         request,
         lambda: anthropic.decode(body, signer),
+        request_id=message_id,
         stream=bool(body.stream),
         headers={"request-id": message_id},
         frames=frames,

@@ -1,7 +1,8 @@
 """The one way a chat route answers, whatever protocol it speaks.
 
-Open the canonical stream (errors before output become real HTTP statuses), then send it as
-SSE frames or accumulate it into one body; a client that goes away cancels the work. Each
+Admit it through the gate (a billed caller's limits and balance), open the canonical stream
+(errors before output become real HTTP statuses), then send it as SSE frames or accumulate it
+into one body; a client that goes away cancels the work and releases its reservation. Each
 protocol's router supplies only its decoding and its encoders.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from stepflash.api.auth import principal
 from stepflash.api.deps import FastJSONResponse, backend_headers, chat_service
 from stepflash.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from stepflash.core.completion import Completion, accumulate
@@ -27,8 +29,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": description}
     for status, description in {
         400: "Invalid request parameters",
+        401: "Missing, invalid or revoked API key",
+        402: "The balance does not cover the request",
         404: "Unknown model",
         413: "Request body too large",
+        429: "Rate limited; retry after the Retry-After header",
         503: "Engine queue full; retry after the Retry-After header",
     }.items()
 }
@@ -52,6 +57,7 @@ async def respond(
     request: Request,
     decode: Callable[[], ChatRequest],
     *,
+    request_id: str,
     stream: bool,
     headers: dict[str, str],
     frames: Callable[[OpenedStream], AsyncIterator[bytes]],
@@ -60,8 +66,13 @@ async def respond(
 ) -> Response:
     try:
         async with cancel_on_disconnect(request):
-            opened = await chat_service(request).open_stream(decode())
+            canonical = decode()
+            gate = request.app.state.accounts.gate
+            admission = await gate.admit(principal(request), canonical, request_id)
+            opened = await chat_service(request).open_stream(canonical, admission)
             headers = {**backend_headers(opened), **headers}
+            if admission is not None:
+                headers.update(admission.headers)
             if stream:
                 # From here on Starlette cancels the stream if the client goes away.
                 return StreamingResponse(
@@ -72,4 +83,6 @@ async def respond(
             completion = await accumulate(aiter(opened))
     except ClientDisconnected:
         return Response(status_code=499)
+    if admission is not None:
+        headers.update(admission.cost_headers())
     return FastJSONResponse(body(completion), headers=headers)

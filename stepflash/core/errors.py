@@ -13,6 +13,8 @@ class ErrorKind(StrEnum):
     INVALID_REQUEST = "invalid_request"
     UNSUPPORTED_CONTENT = "unsupported_content"
     AUTHENTICATION = "authentication"
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     RATE_LIMITED = "rate_limited"
@@ -26,6 +28,8 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.INVALID_REQUEST: 400,
     ErrorKind.UNSUPPORTED_CONTENT: 400,
     ErrorKind.AUTHENTICATION: 401,
+    ErrorKind.INSUFFICIENT_BALANCE: 402,
+    ErrorKind.FORBIDDEN: 403,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.PAYLOAD_TOO_LARGE: 413,
     ErrorKind.RATE_LIMITED: 429,
@@ -37,7 +41,8 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
 
 
 class StepflashError(Exception):
-    """An error with a caller-facing message, the parameter at fault and an optional retry hint."""
+    """An error with a caller-facing message, the parameter at fault, an optional retry hint
+    and the response headers that explain it (rate-limit counters)."""
 
     def __init__(
         self,
@@ -47,6 +52,7 @@ class StepflashError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -54,6 +60,7 @@ class StepflashError(Exception):
         self.param = param
         self.code = code
         self.retry_after = retry_after
+        self.headers = headers or {}
 
     @property
     def status(self) -> int:

@@ -577,6 +577,8 @@ _ERROR_TYPES: dict[ErrorKind, str] = {
     ErrorKind.INVALID_REQUEST: "invalid_request_error",
     ErrorKind.UNSUPPORTED_CONTENT: "invalid_request_error",
     ErrorKind.AUTHENTICATION: "authentication_error",
+    ErrorKind.INSUFFICIENT_BALANCE: "billing_error",
+    ErrorKind.FORBIDDEN: "permission_error",
     ErrorKind.NOT_FOUND: "not_found_error",
     ErrorKind.PAYLOAD_TOO_LARGE: "request_too_large",
     ErrorKind.RATE_LIMITED: "rate_limit_error",

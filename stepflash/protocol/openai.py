@@ -398,6 +398,8 @@ _ERROR_TYPES: dict[ErrorKind, tuple[str, str]] = {
     ErrorKind.INVALID_REQUEST: ("invalid_request_error", "request_params_invalid"),
     ErrorKind.UNSUPPORTED_CONTENT: ("invalid_request_error", "unsupported_content_type"),
     ErrorKind.AUTHENTICATION: ("authentication_error", "invalid_api_key"),
+    ErrorKind.INSUFFICIENT_BALANCE: ("insufficient_quota", "insufficient_balance"),
+    ErrorKind.FORBIDDEN: ("permission_error", "forbidden"),
     ErrorKind.NOT_FOUND: ("invalid_request_error", "not_found"),
     ErrorKind.PAYLOAD_TOO_LARGE: ("invalid_request_error", "request_too_large"),
     ErrorKind.RATE_LIMITED: ("rate_limit_error", "rate_limit_exceeded"),

@@ -1,0 +1,106 @@
+"""The database: an async SQLAlchemy engine, migrated to the latest schema on open.
+
+SQLite (the default, a file in the data directory) runs in WAL mode with full synchronous
+commits, so a committed ledger row survives a crash; PostgreSQL is used as it comes. Several
+replicas may start at once against one PostgreSQL: migrations run under an advisory lock.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.dml import Insert
+
+from stepflash.accounts.schema import metadata
+
+_MIGRATION_LOCK = 0x5EF1A5  # PostgreSQL advisory lock id held while migrating
+
+
+class DatabaseError(Exception):
+    """The database cannot be opened or migrated; the message says which and why."""
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(resources.files(__package__) / "migrations"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
+    command.upgrade(_alembic_config(connection), "head")
+
+
+class Database:
+    """One engine per process; `insert` hides the one dialect difference we use."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite and parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        options: dict[str, Any] = {} if self.is_sqlite else {"pool_size": 10, "max_overflow": 10}
+        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True, **options)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    async def migrate(self) -> None:
+        """Bring the schema to the latest revision (creating it on a new database)."""
+        try:
+            async with self.engine.begin() as connection:
+                await connection.run_sync(_upgrade)
+        except (SQLAlchemyError, OSError) as error:
+            raise DatabaseError(f"cannot migrate {self.safe_url}: {error}") from error
+
+    def insert_ignoring_duplicates(self, table: Any) -> Insert:
+        """INSERT … ON CONFLICT DO NOTHING, in this database's dialect."""
+        dialect = sqlite if self.is_sqlite else postgresql
+        return dialect.insert(table).on_conflict_do_nothing()
+
+    def connect(self) -> AsyncConnection:
+        return self.engine.connect()
+
+    def begin(self) -> Any:
+        return self.engine.begin()
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for messages and logs."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+
+async def open_database(url: str) -> Database:
+    database = Database(url)
+    try:
+        await database.migrate()
+    except DatabaseError:
+        await database.aclose()
+        raise
+    return database
+
+
+__all__ = ["Database", "DatabaseError", "metadata", "open_database"]

@@ -1,0 +1,213 @@
+"""Admission and settlement of one billed request.
+
+`Gate.admit` reserves, before any work: a concurrency slot, a request in the minute window,
+the prompt estimate plus `max_tokens` in the token window, and the most the request can cost
+held against the balance. `Admission.settle` then charges what the engine reported (one
+ledger row, keyed by the request id, awaited until durable) and gives back the rest;
+`Admission.release` gives everything back when the request failed or its client left.
+Settlement and release run in their own tasks: a cancelled request cannot skip them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from stepflash.accounts.ledger import EntryKind, LedgerEntry, LedgerWriter
+from stepflash.accounts.pricing import PriceList, format_money
+from stepflash.core.errors import ErrorKind, StepflashError
+from stepflash.core.events import Usage
+from stepflash.core.request import ChatRequest, TextPart
+from stepflash.gate.auth import Authenticator, Principal
+from stepflash.gate.limits import Ask, Grant, LimitBackend, Refusal, RefusalReason
+from stepflash.gate.tiers import TierTable
+
+log = logging.getLogger(__name__)
+
+BYTES_PER_TOKEN_ESTIMATE = 3  # fewer bytes per token than any tokenizer we serve: holds enough
+MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators the template adds per message
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _in_background(work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """Run `work` to the end even if whoever started it is cancelled."""
+    task = asyncio.create_task(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
+def estimate_prompt_tokens(request: ChatRequest, media_part_tokens: int) -> int:
+    """An upper estimate of the prompt, without tokenizing: the hold is corrected at
+    settlement, so over-estimating only holds a little more for a moment."""
+    text_bytes = sum(len(tool.description) + len(str(tool.parameters)) for tool in request.tools)
+    media_parts = 0
+    for message in request.messages:
+        for part in message.parts:
+            if isinstance(part, TextPart):
+                text_bytes += len(part.text.encode())
+            else:
+                media_parts += 1
+        text_bytes += sum(len(call.arguments) + len(call.name) for call in message.tool_calls)
+        text_bytes += len((message.reasoning or "").encode())
+    messages = len(request.messages) * MESSAGE_OVERHEAD_TOKENS
+    return text_bytes // BYTES_PER_TOKEN_ESTIMATE + messages + media_parts * media_part_tokens
+
+
+def limit_headers(grant: Grant) -> dict[str, str]:
+    """OpenAI's `x-ratelimit-*` names, plus the concurrency limit StepFun's tiers add."""
+    limits = grant.ask.limits
+    return {
+        "x-ratelimit-limit-requests": str(limits.requests_per_minute),
+        "x-ratelimit-remaining-requests": str(grant.remaining_requests),
+        "x-ratelimit-reset-requests": f"{grant.reset_requests_seconds:.3f}s",
+        "x-ratelimit-limit-tokens": str(limits.tokens_per_minute),
+        "x-ratelimit-remaining-tokens": str(grant.remaining_tokens),
+        "x-ratelimit-reset-tokens": f"{grant.reset_tokens_seconds:.3f}s",
+        "x-ratelimit-limit-concurrency": str(limits.concurrency),
+    }
+
+
+_REFUSALS = {
+    RefusalReason.CONCURRENCY: "concurrent requests",
+    RefusalReason.REQUESTS: "requests per minute",
+    RefusalReason.TOKENS: "tokens per minute",
+}
+
+
+def refusal_error(refusal: Refusal, ask: Ask, currency: str) -> StepflashError:
+    if refusal.reason is RefusalReason.BALANCE:
+        return StepflashError(
+            ErrorKind.INSUFFICIENT_BALANCE,
+            f"insufficient balance: this request can cost up to {format_money(ask.hold)} "
+            f"{currency} (its prompt and max_tokens) and the account's balance does not cover "
+            "it beside its requests in flight; top up, or lower max_tokens",
+            code="insufficient_balance",
+        )
+    what = _REFUSALS[refusal.reason]
+    limits = ask.limits
+    headers = {
+        "x-ratelimit-limit-requests": str(limits.requests_per_minute),
+        "x-ratelimit-remaining-requests": str(refusal.remaining_requests),
+        "x-ratelimit-limit-tokens": str(limits.tokens_per_minute),
+        "x-ratelimit-remaining-tokens": str(refusal.remaining_tokens),
+        "x-ratelimit-limit-concurrency": str(limits.concurrency),
+    }
+    return StepflashError(
+        ErrorKind.RATE_LIMITED,
+        f"rate limit reached: {refusal.limit} {what} for this account's tier; "
+        f"retry after {refusal.retry_after_seconds:.1f}s",
+        retry_after=refusal.retry_after_seconds,
+        headers=headers,
+    )
+
+
+class Gate:
+    def __init__(
+        self,
+        auth: Authenticator,
+        limits: LimitBackend,
+        ledger: LedgerWriter,
+        prices: PriceList,
+        tiers: TierTable,
+        *,
+        default_max_tokens: int,
+        media_part_tokens: int,
+    ) -> None:
+        self.auth = auth
+        self.limits = limits
+        self.ledger = ledger
+        self.prices = prices
+        self.tiers = tiers
+        self._default_max_tokens = default_max_tokens
+        self._media_part_tokens = media_part_tokens
+
+    async def admit(
+        self, principal: Principal, request: ChatRequest, request_id: str
+    ) -> Admission | None:
+        """Reserve what `request` may use, or raise 429/402. None when nothing is billed."""
+        if not principal.billed:
+            return None
+        totals = await self.auth.totals(principal.account_id)
+        prompt = estimate_prompt_tokens(request, self._media_part_tokens)
+        output = (request.max_tokens or self._default_max_tokens) * request.n
+        ask = Ask(
+            account=principal.account_id,
+            request_id=request_id,
+            tokens=prompt + output,
+            hold=self.prices.model(request.model).cost(prompt, 0, output),
+            balance=totals.balance,
+            limits=self.tiers.limits(totals.topup_total),
+        )
+        result = await self.limits.reserve(ask)
+        if isinstance(result, Refusal):
+            raise refusal_error(result, ask, self.prices.currency)
+        return Admission(self, principal, result)
+
+
+class Admission:
+    """One admitted request's reservation, until it is settled or released (once)."""
+
+    def __init__(self, gate: Gate, principal: Principal, grant: Grant) -> None:
+        self._gate = gate
+        self._principal = principal
+        self.grant = grant
+        self.cost: int | None = None  # micro-units, once settled
+        self._finished = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return limit_headers(self.grant)
+
+    def cost_headers(self) -> dict[str, str]:
+        if self.cost is None:
+            return {}
+        return {
+            "x-stepflash-cost": format_money(self.cost),
+            "x-stepflash-currency": self._gate.prices.currency,
+        }
+
+    async def settle(self, model: str, usage: Usage | None, media_tokens: int) -> None:
+        """Charge what the engine reported and wait until the charge is durable."""
+        if self._finished:
+            return
+        self._finished = True
+        if usage is None:
+            log.warning(
+                "request %s ended without usage; nothing charged", self.grant.ask.request_id
+            )
+            usage = Usage(0, 0)
+        self.cost = self._gate.prices.usage_cost(model, usage)
+        await asyncio.shield(_in_background(self._settle(model, usage, media_tokens)))
+
+    async def _settle(self, model: str, usage: Usage, media_tokens: int) -> None:
+        gate, ask = self._gate, self.grant.ask
+        assert self.cost is not None
+        entry = LedgerEntry(
+            account_id=ask.account,
+            kind=EntryKind.USAGE,
+            reference=ask.request_id,
+            amount=-self.cost,
+            currency=gate.prices.currency,
+            key_id=self._principal.key_id,
+            model=model,
+            prompt_tokens=usage.prompt_tokens,
+            cached_tokens=usage.cached_tokens,
+            completion_tokens=usage.completion_tokens,
+            media_tokens=media_tokens,
+        )
+        try:
+            await gate.ledger.record(entry)
+        except BaseException:
+            await gate.limits.settle(self.grant, usage.total_tokens, 0)
+            raise
+        await gate.limits.settle(self.grant, usage.total_tokens, self.cost)
+
+    def release(self) -> None:
+        """The request failed or its client left: give back everything, charge nothing."""
+        if self._finished:
+            return
+        self._finished = True
+        _in_background(self._gate.limits.settle(self.grant, 0, 0))

@@ -1,0 +1,252 @@
+"""Limits kept in this process: exact for one replica, and the reference `RedisLimits` follows.
+
+Every check-and-update runs without an await, so on one event loop it is atomic. Times are
+integer milliseconds of unix time read from a monotonic clock anchored at construction, so a step
+of the wall clock neither reorders the request log nor expires every lease at once.
+
+The rules, shared with the Redis backend (which takes the constants below from here):
+
+* Checks run in the order concurrency, requests, tokens, balance; the first that fails refuses
+  the request, and a refusal changes nothing.
+* Concurrency: live leases must be fewer than the limit. A refusal says to retry in 50 ms to 1 s
+  (until the earliest lease expires, clamped): a slot frees as soon as any request settles, and
+  leases are renewed, so that expiry is a bound rather than a prediction.
+* Requests: an exact log of admissions in the last 60 s; settled requests still count. Retry
+  when the oldest leaves the window.
+* Tokens: per-second buckets of the last 60 s; an ask fits while their sum plus its tokens is
+  within the limit. An ask over the limit on its own can never fit: it is refused with the whole
+  window (60 s) as `retry_after_seconds`, and `limit` says why. `Grant.reset_tokens_seconds` is
+  the time until old buckets leave far enough for the same ask to fit again, counting what is in
+  the window now. `settle` corrects the grant's bucket by what the request really used while
+  that bucket is in the window, never below 0.
+* Balance: refused (retry 0) when the balance less running holds and pending charges is below
+  the hold. Running holds expire with their lease; charges stay pending for `pending_seconds`.
+* `settle` acts once per request id: a settled id is remembered for two minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Set
+from dataclasses import dataclass, field
+
+from stepflash.gate.limits import Ask, Grant, Refusal, RefusalReason
+
+log = logging.getLogger(__name__)
+
+WINDOW_MS = 60_000  # the "per minute" of requests and tokens per minute: a sliding window
+SETTLED_MS = 120_000  # how long a settled request id is remembered, making `settle` idempotent
+RETRY_MIN_MS = 50  # bounds of retry_after for concurrency refusals
+RETRY_MAX_MS = 1_000
+
+Running = Mapping[str, Set[str]]  # account -> ids of its requests this process is running
+
+
+class RunningGrants:
+    """The requests this process admitted and has not settled, and the task renewing their leases.
+
+    Renewal runs every third of a lease, so one late or failed renewal does not lose a lease.
+    """
+
+    def __init__(self, lease_seconds: float, renew: Callable[[Running], Awaitable[None]]) -> None:
+        self._period = lease_seconds / 3
+        self._renew = renew
+        self._by_account: dict[str, set[str]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, ask: Ask) -> None:
+        self._by_account.setdefault(ask.account, set()).add(ask.request_id)
+
+    def discard(self, ask: Ask) -> None:
+        ids = self._by_account.get(ask.account, set())
+        ids.discard(ask.request_id)
+        if not ids:
+            self._by_account.pop(ask.account, None)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._renew_forever())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _renew_forever(self) -> None:
+        """Renew until cancelled; a failure (say Redis restarting) is logged and retried."""
+        while True:
+            await asyncio.sleep(self._period)
+            running = {account: frozenset(ids) for account, ids in self._by_account.items()}
+            try:
+                await self._renew(running)
+            except Exception:
+                log.exception("renewing leases failed; retrying in %gs", self._period)
+
+
+def in_window(second: int, now: int) -> bool:
+    """Whether the token bucket of unix second `second` still counts at `now` (ms)."""
+    return second * 1000 + WINDOW_MS > now
+
+
+def tokens_wait_ms(buckets: Mapping[int, int], now: int, need: int, limit: int) -> int:
+    """Milliseconds until the window's tokens plus `need` fit in `limit` as old buckets leave it;
+    the whole window when `need` alone is over the limit."""
+    left = sum(buckets.values())
+    if left + need <= limit:
+        return 0
+    for second in sorted(buckets):
+        left -= buckets[second]
+        if left + need <= limit:
+            return second * 1000 + WINDOW_MS - now
+    return WINDOW_MS
+
+
+@dataclass(slots=True)
+class _Account:
+    """One account's state; every time is in unix milliseconds."""
+
+    leases: dict[str, int] = field(default_factory=dict)  # request id -> lease expiry
+    requests: deque[int] = field(default_factory=deque)  # admission times, oldest first
+    buckets: dict[int, int] = field(default_factory=dict)  # unix second -> tokens
+    holds: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (amount, expiry)
+    settled: dict[str, int] = field(default_factory=dict)  # id -> when to forget it
+
+    def prune(self, now: int) -> None:
+        """Drop what no longer counts: expired leases and holds, requests and buckets that left
+        the window, settled ids past their memory."""
+        self.leases = {rid: until for rid, until in self.leases.items() if until > now}
+        self.holds = {rid: hold for rid, hold in self.holds.items() if hold[1] > now}
+        self.buckets = {s: n for s, n in self.buckets.items() if in_window(s, now)}
+        while self.requests and self.requests[0] <= now - WINDOW_MS:
+            self.requests.popleft()
+        while self.settled and next(iter(self.settled.values())) <= now:
+            del self.settled[next(iter(self.settled))]
+
+    def held(self) -> int:
+        return sum(amount for amount, _ in self.holds.values())
+
+    def renew(self, request_id: str, now: int, until: int) -> None:
+        """Extend a live lease and the hold that runs with it; an expired lease stays lost, since
+        its slot may already be someone else's."""
+        if self.leases.get(request_id, now) <= now:
+            return
+        self.leases[request_id] = until
+        if request_id in self.holds:
+            self.holds[request_id] = (self.holds[request_id][0], until)
+
+    def concurrency_wait_ms(self, now: int) -> int:
+        earliest = min(self.leases.values(), default=now + RETRY_MAX_MS)
+        return min(max(earliest - now, RETRY_MIN_MS), RETRY_MAX_MS)
+
+    def requests_wait_ms(self, now: int) -> int:
+        """Until the oldest request leaves the window (the whole window when there is none)."""
+        return self.requests[0] + WINDOW_MS - now if self.requests else WINDOW_MS
+
+
+class MemoryLimits:
+    """Per-account limits and balance holds for one process (see the module docstring).
+
+    `lease_seconds`: how long a running request keeps its slot and hold without renewal.
+    `pending_seconds`: how long a settled charge stays held (see `stepflash.gate.limits`).
+    """
+
+    def __init__(self, *, lease_seconds: float = 30.0, pending_seconds: float = 3.0) -> None:
+        self._lease_ms = round(lease_seconds * 1000)
+        self._pending_ms = round(pending_seconds * 1000)
+        self._accounts: dict[str, _Account] = {}
+        self._running = RunningGrants(lease_seconds, self._renew)
+        self._epoch_ms = time.time_ns() // 1_000_000
+        self._epoch_ns = time.monotonic_ns()
+
+    async def start(self) -> None:
+        await self._running.start()
+
+    async def aclose(self) -> None:
+        await self._running.aclose()
+
+    async def reserve(self, ask: Ask) -> Grant | Refusal:
+        now = self._now()
+        account = self._account(ask.account, now)
+        refusal = self._refusal(account, ask, now)
+        return refusal if refusal is not None else self._admit(account, ask, now)
+
+    async def settle(self, grant: Grant, tokens: int, charged: int) -> None:
+        ask = grant.ask
+        self._running.discard(ask)
+        now = self._now()
+        account = self._account(ask.account, now)
+        if ask.request_id in account.settled:
+            return
+        account.settled[ask.request_id] = now + SETTLED_MS
+        account.leases.pop(ask.request_id, None)
+        if in_window(grant.bucket, now):
+            corrected = account.buckets.get(grant.bucket, 0) + tokens - ask.tokens
+            account.buckets[grant.bucket] = max(corrected, 0)
+        if charged > 0:
+            account.holds[ask.request_id] = (charged, now + self._pending_ms)
+        else:
+            account.holds.pop(ask.request_id, None)
+
+    def _now(self) -> int:
+        return self._epoch_ms + (time.monotonic_ns() - self._epoch_ns) // 1_000_000
+
+    def _account(self, account_id: str, now: int) -> _Account:
+        account = self._accounts.setdefault(account_id, _Account())
+        account.prune(now)
+        return account
+
+    @staticmethod
+    def _refusal(account: _Account, ask: Ask, now: int) -> Refusal | None:
+        limits = ask.limits
+        used = sum(account.buckets.values())
+
+        def refuse(reason: RefusalReason, wait_ms: int, limit: int) -> Refusal:
+            remaining_requests = max(limits.requests_per_minute - len(account.requests), 0)
+            remaining_tokens = max(limits.tokens_per_minute - used, 0)
+            return Refusal(reason, wait_ms / 1000, limit, remaining_requests, remaining_tokens)
+
+        if len(account.leases) >= limits.concurrency:
+            wait = account.concurrency_wait_ms(now)
+            return refuse(RefusalReason.CONCURRENCY, wait, limits.concurrency)
+        if len(account.requests) >= limits.requests_per_minute:
+            wait = account.requests_wait_ms(now)
+            return refuse(RefusalReason.REQUESTS, wait, limits.requests_per_minute)
+        if used + ask.tokens > limits.tokens_per_minute:
+            wait = tokens_wait_ms(account.buckets, now, ask.tokens, limits.tokens_per_minute)
+            return refuse(RefusalReason.TOKENS, wait, limits.tokens_per_minute)
+        if ask.balance - account.held() < ask.hold:
+            return refuse(RefusalReason.BALANCE, 0, ask.balance)
+        return None
+
+    def _admit(self, account: _Account, ask: Ask, now: int) -> Grant:
+        limits = ask.limits
+        bucket = now // 1000
+        account.leases[ask.request_id] = now + self._lease_ms
+        account.requests.append(now)
+        account.buckets[bucket] = account.buckets.get(bucket, 0) + ask.tokens
+        account.holds[ask.request_id] = (ask.hold, now + self._lease_ms)
+        self._running.add(ask)
+        return Grant(
+            ask=ask,
+            bucket=bucket,
+            remaining_requests=limits.requests_per_minute - len(account.requests),
+            remaining_tokens=limits.tokens_per_minute - sum(account.buckets.values()),
+            reset_requests_seconds=account.requests_wait_ms(now) / 1000,
+            reset_tokens_seconds=tokens_wait_ms(
+                account.buckets, now, ask.tokens, limits.tokens_per_minute
+            )
+            / 1000,
+        )
+
+    async def _renew(self, running: Running) -> None:
+        now = self._now()
+        for account_id, request_ids in running.items():
+            account = self._accounts[account_id]
+            for request_id in request_ids:
+                account.renew(request_id, now, now + self._lease_ms)
