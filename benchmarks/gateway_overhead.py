@@ -74,9 +74,11 @@ def process(name: str, command: list[str], ready_url: str, env: dict[str, str] |
         log.close()
 
 
-def load(url: str, model: str, concurrency: int, stream: bool, seconds: float) -> dict:
+def load(url: str, model: str, concurrency: int, stream: bool, seconds: float,
+         api_key: str = "sk-bench") -> dict:
     command = pinned(1, [PYTHON, str(HERE / "gateway" / "load.py"), "--url", url, "--model",
-                         model, "--concurrency", str(concurrency), "--seconds", str(seconds)])
+                         model, "--concurrency", str(concurrency), "--seconds", str(seconds),
+                         "--api-key", api_key])
     if stream:
         command.append("--stream")
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout

@@ -27,9 +27,9 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 async def _client(
     session: aiohttp.ClientSession, url: str, body: bytes, stream: bool, until: float,
-    latencies: list[float], ttfts: list[float], errors: list[str],
+    latencies: list[float], ttfts: list[float], errors: list[str], api_key: str = "sk-bench",
 ) -> None:
-    headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
+    headers = {"content-type": "application/json", "authorization": f"Bearer {api_key}"}
     while time.perf_counter() < until:
         start = time.perf_counter()
         first: float | None = None
@@ -54,7 +54,7 @@ async def _client(
 
 
 async def run(url: str, model: str, concurrency: int, stream: bool, seconds: float,
-              warmup: float) -> dict[str, object]:
+              warmup: float, api_key: str = "sk-bench") -> dict[str, object]:
     body = json.dumps({
         "model": model,
         "messages": [{"role": "user", "content": "Say something."}],
@@ -68,7 +68,8 @@ async def run(url: str, model: str, concurrency: int, stream: bool, seconds: flo
         scratch: tuple[list[float], list[float], list[str]] = ([], [], [])
         until = time.perf_counter() + warmup
         await asyncio.gather(*(
-            _client(session, target, body, stream, until, *scratch) for _ in range(concurrency)
+            _client(session, target, body, stream, until, *scratch, api_key)
+            for _ in range(concurrency)
         ))
         latencies: list[float] = []
         ttfts: list[float] = []
@@ -76,7 +77,7 @@ async def run(url: str, model: str, concurrency: int, stream: bool, seconds: flo
         start = time.perf_counter()
         until = start + seconds
         await asyncio.gather(*(
-            _client(session, target, body, stream, until, latencies, ttfts, errors)
+            _client(session, target, body, stream, until, latencies, ttfts, errors, api_key)
             for _ in range(concurrency)
         ))
         elapsed = time.perf_counter() - start
@@ -102,9 +103,10 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--api-key", default="sk-bench")
     args = parser.parse_args()
     result = asyncio.run(run(args.url, args.model, args.concurrency, args.stream, args.seconds,
-                             args.warmup))
+                             args.warmup, args.api_key))
     print(json.dumps(result))
 
 

@@ -94,14 +94,16 @@ def in_window(second: int, now: int) -> bool:
     return second * 1000 + WINDOW_MS > now
 
 
-def tokens_wait_ms(buckets: Mapping[int, int], now: int, need: int, limit: int) -> int:
+def tokens_wait_ms(
+    buckets: Mapping[int, int], now: int, need: int, limit: int, total: int | None = None
+) -> int:
     """Milliseconds until the window's tokens plus `need` fit in `limit` as old buckets leave it;
-    the whole window when `need` alone is over the limit."""
-    left = sum(buckets.values())
+    the whole window when `need` alone is over the limit. `buckets` are in time order."""
+    left = sum(buckets.values()) if total is None else total
     if left + need <= limit:
         return 0
-    for second in sorted(buckets):
-        left -= buckets[second]
+    for second, tokens in buckets.items():
+        left -= tokens
         if left + need <= limit:
             return second * 1000 + WINDOW_MS - now
     return WINDOW_MS
@@ -109,36 +111,62 @@ def tokens_wait_ms(buckets: Mapping[int, int], now: int, need: int, limit: int) 
 
 @dataclass(slots=True)
 class _Account:
-    """One account's state; every time is in unix milliseconds."""
+    """One account's state; every time is in unix milliseconds.
+
+    Totals are kept as the state changes, and what expires leaves from the front of structures
+    kept in time order, so a check costs the same whatever the account's traffic: at a thousand
+    requests a second, the minute's log and the pending charges hold tens of thousands of
+    entries that are never rescanned.
+    """
 
     leases: dict[str, int] = field(default_factory=dict)  # request id -> lease expiry
+    running: dict[str, int] = field(default_factory=dict)  # request id -> amount it holds
+    running_total: int = 0
+    pending: deque[tuple[int, str, int]] = field(default_factory=deque)  # (expiry, id, amount)
+    pending_total: int = 0
     requests: deque[int] = field(default_factory=deque)  # admission times, oldest first
-    buckets: dict[int, int] = field(default_factory=dict)  # unix second -> tokens
-    holds: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (amount, expiry)
+    buckets: dict[int, int] = field(default_factory=dict)  # unix second -> tokens, in order
+    tokens_total: int = 0
     settled: dict[str, int] = field(default_factory=dict)  # id -> when to forget it
 
     def prune(self, now: int) -> None:
-        """Drop what no longer counts: expired leases and holds, requests and buckets that left
-        the window, settled ids past their memory."""
-        self.leases = {rid: until for rid, until in self.leases.items() if until > now}
-        self.holds = {rid: hold for rid, hold in self.holds.items() if hold[1] > now}
-        self.buckets = {s: n for s, n in self.buckets.items() if in_window(s, now)}
+        """Drop what left the window or expired, from the front of each time-ordered record."""
         while self.requests and self.requests[0] <= now - WINDOW_MS:
             self.requests.popleft()
+        while self.buckets:
+            oldest = next(iter(self.buckets))
+            if in_window(oldest, now):
+                break
+            self.tokens_total -= self.buckets.pop(oldest)
+        while self.pending and self.pending[0][0] <= now:
+            self.pending_total -= self.pending.popleft()[2]
         while self.settled and next(iter(self.settled.values())) <= now:
             del self.settled[next(iter(self.settled))]
 
+    def expire_leases(self, now: int) -> None:
+        """Leases (and their holds) of requests nobody renews: a crashed replica's. Scanned only
+        when a limit is reached, since only then can they change a decision."""
+        for request_id in [rid for rid, until in self.leases.items() if until <= now]:
+            self.drop_lease(request_id)
+
+    def drop_lease(self, request_id: str) -> None:
+        self.leases.pop(request_id, None)
+        self.running_total -= self.running.pop(request_id, 0)
+
     def held(self) -> int:
-        return sum(amount for amount, _ in self.holds.values())
+        return self.running_total + self.pending_total
+
+    def add_tokens(self, second: int, tokens: int) -> None:
+        corrected = max(self.buckets.get(second, 0) + tokens, 0)
+        self.tokens_total += corrected - self.buckets.get(second, 0)
+        self.buckets[second] = corrected
 
     def renew(self, request_id: str, now: int, until: int) -> None:
-        """Extend a live lease and the hold that runs with it; an expired lease stays lost, since
-        its slot may already be someone else's."""
+        """Extend a live lease (its hold runs with it); an expired lease stays lost, since its
+        slot may already be someone else's."""
         if self.leases.get(request_id, now) <= now:
             return
         self.leases[request_id] = until
-        if request_id in self.holds:
-            self.holds[request_id] = (self.holds[request_id][0], until)
 
     def concurrency_wait_ms(self, now: int) -> int:
         earliest = min(self.leases.values(), default=now + RETRY_MAX_MS)
@@ -184,14 +212,12 @@ class MemoryLimits:
         if ask.request_id in account.settled:
             return
         account.settled[ask.request_id] = now + SETTLED_MS
-        account.leases.pop(ask.request_id, None)
+        account.drop_lease(ask.request_id)
         if in_window(grant.bucket, now):
-            corrected = account.buckets.get(grant.bucket, 0) + tokens - ask.tokens
-            account.buckets[grant.bucket] = max(corrected, 0)
+            account.add_tokens(grant.bucket, tokens - ask.tokens)
         if charged > 0:
-            account.holds[ask.request_id] = (charged, now + self._pending_ms)
-        else:
-            account.holds.pop(ask.request_id, None)
+            account.pending.append((now + self._pending_ms, ask.request_id, charged))
+            account.pending_total += charged
 
     def _now(self) -> int:
         return self._epoch_ms + (time.monotonic_ns() - self._epoch_ns) // 1_000_000
@@ -203,8 +229,17 @@ class MemoryLimits:
 
     @staticmethod
     def _refusal(account: _Account, ask: Ask, now: int) -> Refusal | None:
+        """The first limit `ask` would pass, after forgetting leases nobody renews."""
+        refusal = MemoryLimits._first_refusal(account, ask, now)
+        if refusal is not None and account.leases:
+            account.expire_leases(now)
+            refusal = MemoryLimits._first_refusal(account, ask, now)
+        return refusal
+
+    @staticmethod
+    def _first_refusal(account: _Account, ask: Ask, now: int) -> Refusal | None:
         limits = ask.limits
-        used = sum(account.buckets.values())
+        used = account.tokens_total
 
         def refuse(reason: RefusalReason, wait_ms: int, limit: int) -> Refusal:
             remaining_requests = max(limits.requests_per_minute - len(account.requests), 0)
@@ -228,18 +263,19 @@ class MemoryLimits:
         limits = ask.limits
         bucket = now // 1000
         account.leases[ask.request_id] = now + self._lease_ms
+        account.running[ask.request_id] = ask.hold
+        account.running_total += ask.hold
         account.requests.append(now)
-        account.buckets[bucket] = account.buckets.get(bucket, 0) + ask.tokens
-        account.holds[ask.request_id] = (ask.hold, now + self._lease_ms)
+        account.add_tokens(bucket, ask.tokens)
         self._running.add(ask)
         return Grant(
             ask=ask,
             bucket=bucket,
             remaining_requests=limits.requests_per_minute - len(account.requests),
-            remaining_tokens=limits.tokens_per_minute - sum(account.buckets.values()),
+            remaining_tokens=limits.tokens_per_minute - account.tokens_total,
             reset_requests_seconds=account.requests_wait_ms(now) / 1000,
             reset_tokens_seconds=tokens_wait_ms(
-                account.buckets, now, ask.tokens, limits.tokens_per_minute
+                account.buckets, now, ask.tokens, limits.tokens_per_minute, account.tokens_total
             )
             / 1000,
         )

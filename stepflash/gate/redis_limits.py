@@ -1,7 +1,9 @@
 """Limits kept in Redis, exact across every replica sharing it.
 
-Each operation is one Lua script, so it is atomic on the server; scripts are registered once and
-run by EVALSHA. Scripts read the time with `redis.call('TIME')`, so replicas whose clocks
+Each operation is one Lua script, so it is atomic on the server; scripts are loaded once and run
+by EVALSHA. The operations that concurrent requests start in one turn of the event loop go to
+Redis together, in one pipeline: one round trip and one wake-up for many requests. Scripts
+read the time with `redis.call('TIME')`, so replicas whose clocks
 disagree still agree on every lease, window and bucket. The rules are those of `MemoryLimits`
 (see `stepflash.gate.memory_limits`), whose constants the scripts receive as arguments.
 
@@ -13,6 +15,7 @@ contain braces):
 * `{prefix}:{account}:toks`     HASH unix second -> tokens, the last minute
 * `{prefix}:{account}:holds`    HASH request id -> micro-units held
 * `{prefix}:{account}:holdexp`  ZSET request id -> hold expiry (ms)
+* `{prefix}:{account}:held`     the sum of `holds`, kept as they change (never rescanned)
 * `{prefix}:{account}:done:ID`  settled marker, gone after two minutes
 
 Every key expires after a window plus a lease plus `pending_seconds` without writes or renewals,
@@ -22,7 +25,11 @@ so an idle account leaves nothing behind. Needs Redis 5 or later (scripts that w
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from stepflash.gate.limits import Ask, Grant, Refusal, RefusalReason
 from stepflash.gate.memory_limits import (
@@ -39,7 +46,7 @@ local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 """
 
-# KEYS: conc, reqs, toks, holds, holdexp
+# KEYS: conc, reqs, toks, holds, holdexp, held
 # ARGV: request id, tokens, hold, balance, concurrency, requests/min, tokens/min,
 #       lease ms, key ttl ms, window ms, min retry ms, max retry ms
 # Returns {code, wait ms, remaining requests, remaining tokens, reset tokens ms, bucket}: code 0
@@ -56,6 +63,8 @@ local retry_min, retry_max = tonumber(ARGV[11]), tonumber(ARGV[12])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
 for _, expired in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)) do
+  local amount = redis.call('HGET', KEYS[4], expired)
+  if amount then redis.call('DECRBY', KEYS[6], amount) end
   redis.call('HDEL', KEYS[4], expired)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
@@ -94,8 +103,7 @@ local function concurrency_wait()
   return math.min(math.max(tonumber(earliest[2]) - now, retry_min), retry_max)
 end
 
-local held = 0
-for _, amount in ipairs(redis.call('HVALS', KEYS[4])) do held = held + tonumber(amount) end
+local held = tonumber(redis.call('GET', KEYS[6]) or '0')
 local live, count = redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])
 local left_requests, left_tokens = math.max(rpm - count, 0), math.max(tpm - used, 0)
 
@@ -110,15 +118,16 @@ redis.call('ZADD', KEYS[1], now + lease, rid)
 redis.call('ZADD', KEYS[2], now, rid)
 redis.call('HINCRBY', KEYS[3], time[1], ARGV[2])
 redis.call('HSET', KEYS[4], rid, ARGV[3])
+redis.call('INCRBY', KEYS[6], ARGV[3])
 redis.call('ZADD', KEYS[5], now + lease, rid)
-for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ttl) end
+for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ttl) end
 buckets[#buckets + 1] = {tonumber(time[1]), tokens}
 local reset_tokens = tokens_wait(used + tokens, tokens)
 return {0, requests_wait(), left_requests - 1, tpm - used - tokens, reset_tokens, tonumber(time[1])}
 """
 )
 
-# KEYS: conc, toks, holds, holdexp, done marker
+# KEYS: conc, toks, holds, holdexp, done marker, held
 # ARGV: request id, bucket, token correction, charged, pending ms, key ttl ms, marker ms, window ms
 # Returns 1, or 0 when the request was already settled.
 SETTLE = (
@@ -131,14 +140,17 @@ if tonumber(ARGV[2]) * 1000 + tonumber(ARGV[8]) > now then
   local tokens = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') + tonumber(ARGV[3])
   redis.call('HSET', KEYS[2], ARGV[2], string.format('%d', math.max(tokens, 0)))
 end
+local holding = tonumber(redis.call('HGET', KEYS[3], rid) or '0')
 if tonumber(ARGV[4]) > 0 then
   redis.call('HSET', KEYS[3], rid, ARGV[4])
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), rid)
+  redis.call('INCRBY', KEYS[6], tonumber(ARGV[4]) - holding)
 else
   redis.call('HDEL', KEYS[3], rid)
   redis.call('ZREM', KEYS[4], rid)
+  redis.call('DECRBY', KEYS[6], holding)
 end
-for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
+for _, i in ipairs({2, 3, 4, 6}) do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
 return 1
 """
 )
@@ -164,6 +176,67 @@ return 0
 
 _REFUSALS = list(RefusalReason)  # reply codes 1-4, in the order the checks run
 
+_Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]
+
+
+class ScriptPipeline:
+    """Runs scripts by EVALSHA, batching the calls made in one turn of the event loop."""
+
+    def __init__(self, client: Redis, *scripts: str) -> None:
+        self._client = client
+        self._scripts = scripts
+        self._shas: dict[str, str] = {}
+        self._queue: list[_Call] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    async def call(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((script, keys, args, future))
+        if len(self._queue) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+        return await future
+
+    def _flush_soon(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.create_task(self._flush(batch))
+        self._flushing.add(task)  # a strong reference until it is done
+        task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self, batch: list[_Call]) -> None:
+        try:
+            replies = await self._execute(batch)
+        except Exception as error:  # the connection failed: every caller learns it
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (*_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _execute(self, batch: list[_Call]) -> list[Any]:
+        if not self._shas:
+            await self._load()
+        replies = await self._send(batch)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            await self._load()  # Redis restarted or was flushed: load the scripts again, once
+            replies = await self._send(batch)
+        return replies
+
+    async def _load(self) -> None:
+        for script in self._scripts:
+            self._shas[script] = await self._client.script_load(script)
+
+    async def _send(self, batch: list[_Call]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for script, keys, args, _future in batch:
+            pipe.evalsha(self._shas[script], len(keys), *keys, *args)
+        return await pipe.execute(raise_on_error=False)
+
 
 class RedisLimits:
     """Per-account limits and balance holds shared by every replica using one Redis.
@@ -187,9 +260,7 @@ class RedisLimits:
         self._lease_ms = round(lease_seconds * 1000)
         self._pending_ms = round(pending_seconds * 1000)
         self._ttl_ms = WINDOW_MS + self._lease_ms + self._pending_ms
-        self._reserve = client.register_script(RESERVE)
-        self._settle = client.register_script(SETTLE)
-        self._renew_script = client.register_script(RENEW)
+        self._scripts = ScriptPipeline(client, RESERVE, SETTLE, RENEW)
         self._running = RunningGrants(lease_seconds, self._renew)
 
     @classmethod
@@ -221,8 +292,9 @@ class RedisLimits:
 
     async def reserve(self, ask: Ask) -> Grant | Refusal:
         limits = ask.limits
-        reply = await self._reserve(
-            keys=self._keys(ask.account, "conc", "reqs", "toks", "holds", "holdexp"),
+        reply = await self._scripts.call(
+            RESERVE,
+            keys=self._keys(ask.account, "conc", "reqs", "toks", "holds", "holdexp", "held"),
             args=[
                 ask.request_id,
                 ask.tokens,
@@ -248,10 +320,11 @@ class RedisLimits:
     async def settle(self, grant: Grant, tokens: int, charged: int) -> None:
         ask = grant.ask
         self._running.discard(ask)
-        await self._settle(
+        await self._scripts.call(
+            SETTLE,
             keys=[
                 *self._keys(ask.account, "conc", "toks", "holds", "holdexp"),
-                *self._keys(ask.account, f"done:{ask.request_id}"),
+                *self._keys(ask.account, f"done:{ask.request_id}", "held"),
             ],
             args=[
                 ask.request_id,
@@ -270,7 +343,8 @@ class RedisLimits:
 
     async def _renew(self, running: Running) -> None:
         for account, request_ids in running.items():
-            await self._renew_script(
+            await self._scripts.call(
+                RENEW,
                 keys=self._keys(account, "conc", "holds", "holdexp"),
                 args=[self._lease_ms, self._ttl_ms, *request_ids],
             )
