@@ -22,7 +22,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -67,8 +66,19 @@ def _make_key(database_url: str) -> str:
 @contextmanager
 def _gateway(name: str, config: Path, env: dict[str, str]) -> Iterator[str]:
     port = free_port()
-    command = pinned(0, [STEPFLASH, "serve", "--config", str(config), "--port", str(port),
-                         "--log-level", "warning"])
+    command = pinned(
+        0,
+        [
+            STEPFLASH,
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+    )
     with process(f"accounts-{name}", command, f"http://127.0.0.1:{port}/ready", env):
         yield f"http://127.0.0.1:{port}/v1"
 
@@ -105,16 +115,20 @@ def _measure(name: str, url: str, key: str, seconds: float, concurrency: int) ->
     rows = []
     for stream in (False, True):
         row = {"setup": name, **load(url, "fast", concurrency, stream, seconds, key)}
-        print(f"{name:15} stream={stream!s:5} {row['requests_per_second']:8.1f} req/s  "
-              f"p50 {row['latency_p50_ms']:7.2f} ms  errors {row['errors']}", flush=True)
+        print(
+            f"{name:15} stream={stream!s:5} {row['requests_per_second']:8.1f} req/s  "
+            f"p50 {row['latency_p50_ms']:7.2f} ms  errors {row['errors']}",
+            flush=True,
+        )
         rows.append(row)
     return rows
 
 
 def _summary(rows: list[dict], meta: dict) -> str:
     def rate(setup: str, stream: bool) -> float:
-        values = [r["requests_per_second"] for r in rows
-                  if r["setup"] == setup and r["stream"] == stream]
+        values = [
+            r["requests_per_second"] for r in rows if r["setup"] == setup and r["stream"] == stream
+        ]
         return sum(values) / len(values)
 
     lines = [
@@ -135,8 +149,10 @@ def _summary(rows: list[dict], meta: dict) -> str:
             value = rate(setup, stream)
             cost = 1 - value / base
             verdict = "" if setup == "disabled" else ("met" if cost <= TARGET_COST else "MISSED")
-            lines.append(f"| {setup} | {stream} | {value:.1f} | {value / base:.3f} | "
-                         f"{100 * cost:.1f}% | {verdict} |")
+            lines.append(
+                f"| {setup} | {stream} | {value:.1f} | {value / base:.3f} | "
+                f"{100 * cost:.1f}% | {verdict} |"
+            )
     errors = sum(r["errors"] for r in rows)
     lines += ["", f"Errors across all cells: {errors}."]
     return "\n".join(lines) + "\n"
@@ -154,12 +170,21 @@ def main() -> None:
         tmp = Path(scratch)
         upstream_port = free_port()
         upstream = f"http://127.0.0.1:{upstream_port}/v1"
-        stack.enter_context(process(
-            "accounts-upstream",
-            pinned(1, [PYTHON, str(HERE / "gateway" / "fast_upstream.py"), "--port",
-                       str(upstream_port)]),
-            f"{upstream}/models",
-        ))
+        stack.enter_context(
+            process(
+                "accounts-upstream",
+                pinned(
+                    1,
+                    [
+                        PYTHON,
+                        str(HERE / "gateway" / "fast_upstream.py"),
+                        "--port",
+                        str(upstream_port),
+                    ],
+                ),
+                f"{upstream}/models",
+            )
+        )
         config = _config(tmp / "stepflash.toml", upstream)
         setups = _setups(tmp, stack)
         for _round in range(args.rounds):
@@ -168,13 +193,15 @@ def main() -> None:
                     rows += _measure(name, url, key, args.seconds, args.concurrency)
     meta = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}",
+        "machine": f"{os.cpu_count()} CPUs, {platform.platform()}, "
+        f"Python {platform.python_version()}",
         "seconds": args.seconds,
         "rounds": args.rounds,
         "concurrency": args.concurrency,
-        "took_seconds": round(time.monotonic()),
     }
-    (RESULTS / "accounts_overhead.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (RESULTS / "accounts_overhead.json").write_text(
+        json.dumps({"meta": meta, "rows": rows}, indent=2)
+    )
     summary = _summary(rows, meta)
     (RESULTS / "accounts_overhead.md").write_text(summary)
     print(summary)

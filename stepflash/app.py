@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from stepflash import __version__
 from stepflash.accounts.services import open_account_services
-from stepflash.api import account, chat_completions, health, messages, models
+from stepflash.api import account, chat_completions, files, health, messages, models
 from stepflash.api.auth import Authenticate
 from stepflash.api.body import install_body_schemas
 from stepflash.api.errors import BodySizeLimit, install_error_handlers
@@ -80,5 +80,6 @@ def create_app(settings: Settings, embedded: Engine | None = None) -> FastAPI:
         app.include_router(chat_completions.router, prefix=prefix)
         app.include_router(messages.router, prefix=prefix)
     app.include_router(account.router, prefix="/v1")
+    app.include_router(files.router, prefix="/v1")
     install_body_schemas(app, [ChatCompletionRequest, MessagesRequest, CountTokensRequest])
     return app

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from stepflash.accounts.database import open_database
 from stepflash.accounts.ledger import LedgerWriter
 from stepflash.accounts.pricing import PriceList
+from stepflash.accounts.storage_fees import StorageFeeRunner, StorageFees
 from stepflash.accounts.store import AccountStore
 from stepflash.config import Settings
 from stepflash.gate.auth import Authenticator
@@ -66,12 +67,15 @@ async def open_account_services(settings: Settings) -> AsyncIterator[AccountServ
         default_max_tokens=settings.limits.default_max_tokens,
         media_part_tokens=media_part_tokens,
     )
+    storage_fees = StorageFeeRunner(StorageFees(database, prices))  # hourly
     await ledger.start()
     await limits.start()
+    await storage_fees.start()
     log.info("accounts in %s; limits %s", database.safe_url, type(limits).__name__)
     try:
         yield AccountServices(store, auth, gate, ledger, limits)
     finally:
+        await storage_fees.aclose()
         await limits.aclose()
         await ledger.aclose()
         await database.aclose()

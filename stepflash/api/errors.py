@@ -66,26 +66,40 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _on_unexpected)
 
 
+UPLOAD_MARGIN_BYTES = 1024 * 1024  # multipart framing and form fields around an uploaded file
+
+
 class BodySizeLimit:
-    """Refuse bodies over `max_bytes` with a 413, checking Content-Length and the bytes received."""
+    """Refuse bodies over `max_bytes` with a 413, checking Content-Length and the bytes received.
+
+    A file upload (`POST …/files`) may instead be as large as the largest file the settings
+    allow, plus a margin; the files route then holds each purpose to its own limit."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _too_large(self) -> StepflashError:
+    def _limit(self, scope: Scope) -> int:
+        if scope["method"] == "POST" and scope["path"].endswith("/files"):
+            files = scope["app"].state.settings.files
+            largest = max(files.max_bytes_storage, files.max_bytes_other)
+            return max(self.max_bytes, largest + UPLOAD_MARGIN_BYTES)
+        return self.max_bytes
+
+    @staticmethod
+    def _too_large(limit: int) -> StepflashError:
         return StepflashError(
-            ErrorKind.PAYLOAD_TOO_LARGE,
-            f"the request body exceeds the limit of {self.max_bytes} bytes",
+            ErrorKind.PAYLOAD_TOO_LARGE, f"the request body exceeds the limit of {limit} bytes"
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope)
         declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(self._too_large(), scope["path"])(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await error_response(self._too_large(limit), scope["path"])(scope, receive, send)
             return
         received = 0
 
@@ -94,9 +108,9 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # An HTTPException passes through the body parser to our handler above.
-                    raise HTTPException(413, self._too_large().message)
+                    raise HTTPException(413, self._too_large(limit).message)
             return message
 
         await self.app(scope, counting_receive, send)

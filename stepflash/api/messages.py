@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from stepflash.api.body import body_schema, parse_body
 from stepflash.api.deps import FastJSONResponse, chat_service
+from stepflash.api.files import account_files
 from stepflash.api.heartbeat import with_heartbeat
 from stepflash.api.respond import ERROR_RESPONSES, respond
 from stepflash.core.errors import StepflashError
@@ -68,5 +69,5 @@ async def count_tokens(request: Request) -> Response:
     """The prompt's real token count, as the serving engine tokenizes its rendered prompt."""
     body = await parse_body(request, anthropic.CountTokensRequest)
     canonical = anthropic.decode(body, _signer(request))
-    tokens = await chat_service(request).count_prompt_tokens(canonical)
+    tokens = await chat_service(request).count_prompt_tokens(canonical, account_files(request))
     return FastJSONResponse({"input_tokens": tokens})

@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from stepflash.api.auth import principal
 from stepflash.api.deps import FastJSONResponse, backend_headers, chat_service
 from stepflash.api.disconnect import ClientDisconnected, cancel_on_disconnect
+from stepflash.api.files import account_files
 from stepflash.core.completion import Completion, accumulate
 from stepflash.core.errors import ErrorKind, StepflashError
 from stepflash.core.request import ChatRequest
@@ -69,7 +70,9 @@ async def respond(
             canonical = decode()
             gate = request.app.state.accounts.gate
             admission = await gate.admit(principal(request), canonical, request_id)
-            opened = await chat_service(request).open_stream(canonical, admission)
+            opened = await chat_service(request).open_stream(
+                canonical, admission, account_files(request)
+            )
             headers = {**backend_headers(opened), **headers}
             if admission is not None:
                 headers.update(admission.headers)

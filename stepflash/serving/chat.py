@@ -15,7 +15,7 @@ from typing import Protocol
 from stepflash.config import LimitSettings
 from stepflash.core.events import Event, Usage
 from stepflash.core.request import ChatRequest
-from stepflash.media.prepare import MediaPreparer
+from stepflash.media.prepare import FileReader, MediaPreparer
 from stepflash.serving.catalog import ModelCatalog, ServedModel
 from stepflash.serving.validation import validate
 
@@ -70,20 +70,27 @@ class ChatService:
         self._limits = limits
         self._media = media
 
-    async def _admit(self, request: ChatRequest) -> tuple[ServedModel, ChatRequest]:
-        """The model that serves the request, and the request checked and its media prepared."""
+    async def _admit(
+        self, request: ChatRequest, files: FileReader | None
+    ) -> tuple[ServedModel, ChatRequest]:
+        """The model that serves the request, and the request checked and its media prepared
+        (`files`: the caller's uploads, for `stepfile://` URLs)."""
         model = self.catalog.get(request.model)
         validate(request, self._limits, model.engine.media)
-        return model, await self._media.prepare(request, model.image_detail)
+        return model, await self._media.prepare(request, model.image_detail, files)
 
-    async def count_prompt_tokens(self, request: ChatRequest) -> int:
-        model, request = await self._admit(request)
+    async def count_prompt_tokens(
+        self, request: ChatRequest, files: FileReader | None = None
+    ) -> int:
+        model, request = await self._admit(request, files)
         return await model.engine.count_prompt_tokens(request)
 
-    async def open_stream(self, request: ChatRequest, meter: Meter | None = None) -> OpenedStream:
+    async def open_stream(
+        self, request: ChatRequest, meter: Meter | None = None, files: FileReader | None = None
+    ) -> OpenedStream:
         """Start the engine; on any failure before the first event, release `meter`."""
         try:
-            model, request = await self._admit(request)
+            model, request = await self._admit(request, files)
             events = model.engine.stream(request)
         except BaseException:
             if meter is not None:

@@ -443,7 +443,7 @@ def hostile_files(hosts: dict[str, MediaHost]) -> list[tuple[str, dict[str, Any]
         ("over the byte limit", image("image/png", noise_png(1000, 1000)), bad, "limit of"),
         ("not base64", image_part("data:image/png;base64,@@@@"), bad, "not valid base64"),
         ("not a base64 data URL", image_part("data:image/png,rawtext"), bad, "must be base64"),
-        ("stepfile", image_part("stepfile://file-abc123"), unsupported, "files API"),
+        ("stepfile, no such file", image_part("stepfile://file-abc123"), bad, "no file"),
         (
             "over the byte limit, by URL",
             image_part(allowed.add("noise.png", noise_png(1000, 1000), "image/png")),

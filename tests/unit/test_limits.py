@@ -348,7 +348,15 @@ def test_redis_keys_share_the_account_hash_tag_and_expire(redis_server: RedisSer
             await granted(backend, ask(account="acme", hold=5))  # still running
             await backend.settle(grant, 10, 5)
             keys = sorted(await client.keys(f"{prefix}:*"))
-            names = ["conc", f"done:{grant.ask.request_id}", "held", "holdexp", "holds", "reqs", "toks"]
+            names = [
+                "conc",
+                f"done:{grant.ask.request_id}",
+                "held",
+                "holdexp",
+                "holds",
+                "reqs",
+                "toks",
+            ]
             assert keys == [f"{prefix}:{{acme}}:{name}" for name in names]
             ttls = [await client.pttl(key) for key in keys]
             assert all(ttl > 0 for ttl in ttls), ttls
