@@ -6,7 +6,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
@@ -168,10 +168,10 @@ class AccountStore:
         account: str | None,
         since: int,
         group_by: tuple[str, ...] = USAGE_GROUPS,
-        kinds: tuple[Literal["usage", "storage", "topup"], ...] = ("usage", "storage"),
         limit: int = 10_000,
     ) -> list[dict[str, Any]]:
-        """Charges summed by day, model and key (and account, for the admin's view)."""
+        """Charges (usage and storage, not top-ups) summed by day, model and key (and account,
+        for the admin's view)."""
         day = func.floor(ledger.c.created_at / 86_400).label("day")
         keys = {
             "day": day,
@@ -192,7 +192,7 @@ class AccountStore:
                 func.sum(ledger.c.web_searches).label("web_searches"),
                 func.sum(-ledger.c.amount).label("cost"),
             )
-            .where(ledger.c.created_at >= since, ledger.c.kind.in_(kinds))
+            .where(ledger.c.created_at >= since, ledger.c.kind != EntryKind.TOPUP)
             .group_by(*groups)
             .order_by(*groups)
             .limit(limit)

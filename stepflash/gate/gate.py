@@ -21,7 +21,7 @@ from stepflash.core.errors import ErrorKind, StepflashError
 from stepflash.core.events import Usage
 from stepflash.core.request import ChatRequest, TextPart
 from stepflash.gate.auth import Authenticator, Principal
-from stepflash.gate.limits import Ask, Grant, LimitBackend, Refusal, RefusalReason
+from stepflash.gate.limits import Ask, Grant, LimitBackend, Refusal, RefusalReason, TierLimits
 from stepflash.gate.tiers import TierTable
 
 log = logging.getLogger(__name__)
@@ -56,17 +56,25 @@ def estimate_prompt_tokens(request: ChatRequest, media_part_tokens: int) -> int:
     return text_bytes // BYTES_PER_TOKEN_ESTIMATE + messages + media_parts * media_part_tokens
 
 
-def limit_headers(grant: Grant) -> dict[str, str]:
+def limit_headers(
+    limits: TierLimits, remaining_requests: int, remaining_tokens: int
+) -> dict[str, str]:
     """OpenAI's `x-ratelimit-*` names, plus the concurrency limit StepFun's tiers add."""
-    limits = grant.ask.limits
     return {
         "x-ratelimit-limit-requests": str(limits.requests_per_minute),
-        "x-ratelimit-remaining-requests": str(grant.remaining_requests),
-        "x-ratelimit-reset-requests": f"{grant.reset_requests_seconds:.3f}s",
+        "x-ratelimit-remaining-requests": str(remaining_requests),
         "x-ratelimit-limit-tokens": str(limits.tokens_per_minute),
-        "x-ratelimit-remaining-tokens": str(grant.remaining_tokens),
-        "x-ratelimit-reset-tokens": f"{grant.reset_tokens_seconds:.3f}s",
+        "x-ratelimit-remaining-tokens": str(remaining_tokens),
         "x-ratelimit-limit-concurrency": str(limits.concurrency),
+    }
+
+
+def grant_headers(grant: Grant) -> dict[str, str]:
+    """What an admitted request's response says: its limits, what is left, and when more is."""
+    return {
+        **limit_headers(grant.ask.limits, grant.remaining_requests, grant.remaining_tokens),
+        "x-ratelimit-reset-requests": f"{grant.reset_requests_seconds:.3f}s",
+        "x-ratelimit-reset-tokens": f"{grant.reset_tokens_seconds:.3f}s",
     }
 
 
@@ -87,14 +95,7 @@ def refusal_error(refusal: Refusal, ask: Ask, currency: str) -> StepflashError:
             code="insufficient_balance",
         )
     what = _REFUSALS[refusal.reason]
-    limits = ask.limits
-    headers = {
-        "x-ratelimit-limit-requests": str(limits.requests_per_minute),
-        "x-ratelimit-remaining-requests": str(refusal.remaining_requests),
-        "x-ratelimit-limit-tokens": str(limits.tokens_per_minute),
-        "x-ratelimit-remaining-tokens": str(refusal.remaining_tokens),
-        "x-ratelimit-limit-concurrency": str(limits.concurrency),
-    }
+    headers = limit_headers(ask.limits, refusal.remaining_requests, refusal.remaining_tokens)
     return StepflashError(
         ErrorKind.RATE_LIMITED,
         f"rate limit reached: {refusal.limit} {what} for this account's tier; "
@@ -159,7 +160,7 @@ class Admission:
 
     @property
     def headers(self) -> dict[str, str]:
-        return limit_headers(self.grant)
+        return grant_headers(self.grant)
 
     def cost_headers(self) -> dict[str, str]:
         if self.cost is None:
