@@ -101,6 +101,16 @@ def test_json_answers_and_code_fences_stay_text() -> None:
     assert run(["Here is {not json"]) == [("text", "Here is {not json")]
 
 
+def test_backticks_before_prose_are_not_a_fence_whatever_the_chunking() -> None:
+    """Found by the chunking property: an info line too long for a fence ended fenced mode
+    only when it arrived without its newline."""
+    prose = "```Hello there. "
+    text = prose + '<tool_call>\n{"name": "search", "arguments": {"q": "x"}}\n</tool_call>'
+    expected = [("text", prose), call("search", q="x")]
+    assert run([text]) == expected
+    assert run([text[:20], text[20:]]) == expected
+
+
 def test_call_cut_off_by_the_token_limit_is_not_repaired() -> None:
     text = '<tool_call>\n{"name": "search", "arguments": {"q": "x"}}'
     assert run([text], truncated=True) == [("text", text)]

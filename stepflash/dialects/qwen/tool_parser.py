@@ -197,9 +197,10 @@ class QwenToolCallParser:
 
     def _step_fenced(self, events: list[Event]) -> bool:
         newline = self._buffer.find("\n", len(FENCE))
+        info_end = len(self._buffer) if newline < 0 else newline
+        if info_end > len(FENCE) + MAX_FENCE_INFO:  # however the output was chunked
+            return self._not_a_call()
         if newline < 0:
-            if len(self._buffer) > len(FENCE) + MAX_FENCE_INFO:
-                return self._not_a_call()
             return False
         body_start = newline + 1
         opening = self._buffer[body_start:].lstrip()
