@@ -3,17 +3,23 @@
 SQLite (the default, a file in the data directory) runs in WAL mode with full synchronous
 commits, so a committed ledger row survives a crash; PostgreSQL is used as it comes. Several
 replicas may start at once against one PostgreSQL: migrations run under an advisory lock.
+
+Group commits of the ledger take a faster road than other queries (`insert_many`): every
+round trip of a commit is a turn of the event loop that a request waits through, so a group
+is one atomic write in one trip.
 """
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -60,10 +66,16 @@ class Database:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        options: dict[str, Any] = {} if self.is_sqlite else {"pool_size": 10, "max_overflow": 10}
-        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True, **options)
+        options: dict[str, Any] = (
+            {} if self.is_sqlite else {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
+        )
+        self.engine: AsyncEngine = create_async_engine(url, **options)
+        self._batches: _SqliteBatches | _AutocommitBatches
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            self._batches = _SqliteBatches(url)
+        else:
+            self._batches = _AutocommitBatches(url)
 
     async def migrate(self) -> None:
         """Bring the schema to the latest revision (creating it on a new database)."""
@@ -78,6 +90,10 @@ class Database:
         dialect = sqlite if self.is_sqlite else postgresql
         return dialect.insert(table).on_conflict_do_nothing()
 
+    async def insert_many(self, statement: Insert, rows: list[dict[str, Any]]) -> None:
+        """Run one INSERT for many rows as one atomic write, in one trip from the event loop."""
+        await self._batches.insert_many(statement, rows)
+
     def connect(self) -> AsyncConnection:
         return self.engine.connect()
 
@@ -90,7 +106,48 @@ class Database:
         return make_url(self.url).render_as_string(hide_password=True)
 
     async def aclose(self) -> None:
+        await self._batches.aclose()
         await self.engine.dispose()
+
+
+class _SqliteBatches:
+    """A blocking SQLite connection in a thread of its own: aiosqlite would hop between threads
+    for every statement and the commit, and the commit's fsync must not stall the event loop."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = create_engine(make_url(url).set(drivername="sqlite"))
+        event.listen(self._engine, "connect", _sqlite_pragmas)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-batches")
+
+    async def insert_many(self, statement: Insert, rows: list[dict[str, Any]]) -> None:
+        await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._insert, statement, rows
+        )
+
+    def _insert(self, statement: Insert, rows: list[dict[str, Any]]) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(statement, rows)
+
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._engine.dispose)
+        self._thread.shutdown()
+
+
+class _AutocommitBatches:
+    """Connections of their own in autocommit: one executemany is one round trip, and asyncpg
+    runs it atomically, so neither BEGIN nor COMMIT (nor a pool ping) costs a trip."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = create_async_engine(
+            url, pool_size=2, max_overflow=0, isolation_level="AUTOCOMMIT"
+        )
+
+    async def insert_many(self, statement: Insert, rows: list[dict[str, Any]]) -> None:
+        async with self._engine.connect() as connection:
+            await connection.execute(statement, rows)
+
+    async def aclose(self) -> None:
+        await self._engine.dispose()
 
 
 async def open_database(url: str) -> Database:

@@ -2,31 +2,30 @@
 
 Every movement of money is one row keyed by (kind, reference) — a request id, a top-up id, a
 file's storage day. Writing the same key twice is ignored, so retries and replays can never
-charge twice. The account's balance and cumulative top-up move in the same transaction as the
-rows, so a crash leaves either all of a group or none of it.
+charge twice. The database moves the account's balance and cumulative top-up with every row it
+inserts (a trigger, migration 0002), in the same statement, so a crash leaves either all of a
+group or none of it, and a row kept out as a duplicate moves nothing.
 
-`LedgerWriter` batches the rows of concurrent requests into one transaction (one fsync for
-many requests) off the request path; each request awaits its own row's commit, so a request
-that told its client it was settled is on disk.
+`LedgerWriter` batches the rows of concurrent requests into one write (one fsync for many
+requests) off the request path; each request awaits its own row's commit, so a request that
+told its client it was settled is on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stepflash.accounts.database import Database
-from stepflash.accounts.schema import accounts, ledger
+from stepflash.accounts.schema import ledger
 
 log = logging.getLogger(__name__)
 
@@ -60,118 +59,119 @@ class AccountTotals:
     topup_total: int
 
 
+def ledger_row(entry: LedgerEntry) -> dict[str, Any]:
+    return {
+        "account_id": entry.account_id,
+        "kind": str(entry.kind),
+        "reference": entry.reference,
+        "amount": entry.amount,
+        "currency": entry.currency,
+        "key_id": entry.key_id,
+        "model": entry.model,
+        "prompt_tokens": entry.prompt_tokens,
+        "cached_tokens": entry.cached_tokens,
+        "completion_tokens": entry.completion_tokens,
+        "media_tokens": entry.media_tokens,
+        "web_searches": entry.web_searches,
+        "created_at": entry.created_at,
+    }
+
+
 async def apply_entries(
     database: Database, connection: AsyncConnection, entries: Iterable[LedgerEntry]
-) -> tuple[set[tuple[str, str]], dict[str, AccountTotals]]:
-    """Insert the entries not yet recorded and move their accounts' totals, in the caller's
-    transaction. Returns the (kind, reference) keys inserted and the accounts' new totals."""
-    rows = [{**asdict(entry), "kind": str(entry.kind)} for entry in entries]
+) -> set[tuple[str, str]]:
+    """Insert the entries not yet recorded, in the caller's transaction (their accounts' totals
+    move with them). Returns the (kind, reference) keys inserted."""
+    rows = [ledger_row(entry) for entry in entries]
     if not rows:
-        return set(), {}
+        return set()
     insert = database.insert_ignoring_duplicates(ledger).returning(
-        ledger.c.kind, ledger.c.reference, ledger.c.account_id, ledger.c.amount
+        ledger.c.kind, ledger.c.reference
     )
-    inserted = (await connection.execute(insert, rows)).all()
-    moves: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for kind, _reference, account_id, amount in inserted:
-        moves[account_id][0] += amount
-        if kind == EntryKind.TOPUP:
-            moves[account_id][1] += amount
-    totals: dict[str, AccountTotals] = {}
-    for account_id in sorted(moves):  # one lock order for every writer: no deadlocks
-        balance_move, topup_move = moves[account_id]
-        statement = (
-            update(accounts)
-            .where(accounts.c.id == account_id)
-            .values(
-                balance=accounts.c.balance + balance_move,
-                topup_total=accounts.c.topup_total + topup_move,
-            )
-            .returning(accounts.c.balance, accounts.c.topup_total)
-        )
-        balance, topup_total = (await connection.execute(statement)).one()
-        totals[account_id] = AccountTotals(balance, topup_total)
-    return {(kind, reference) for kind, reference, _a, _m in inserted}, totals
+    return {(kind, reference) for kind, reference in await connection.execute(insert, rows)}
 
 
-_Pending = tuple[LedgerEntry, "asyncio.Future[bool]"]
+_Pending = tuple[LedgerEntry, "asyncio.Future[None]"]
 
 
 class LedgerWriter:
-    """Group commit: whatever entries arrived while the last commit ran go in the next one."""
+    """Group commit: whatever entries arrive while a commit runs go in the next one.
+
+    A commit is one statement (`Database.insert_many`). Rows go in account order, so replicas
+    committing groups that share accounts lock them in the same order and never deadlock.
+    """
 
     RETRY_SECONDS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
 
-    def __init__(
-        self,
-        database: Database,
-        batch_max: int,
-        on_commit: Callable[[dict[str, AccountTotals]], None] = lambda _totals: None,
-    ) -> None:
+    def __init__(self, database: Database, batch_max: int) -> None:
         self._database = database
         self._batch_max = batch_max
-        self._on_commit = on_commit
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._insert = database.insert_ignoring_duplicates(ledger)
+        self._pending: list[_Pending] = []
+        self._writing: asyncio.Task[None] | None = None
+        self._open = False
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+        self._open = True
 
-    async def record(self, entry: LedgerEntry) -> bool:
-        """Wait until `entry` is committed; False if its (kind, reference) already was."""
-        if self._task is None or self._task.done():
+    def submit(self, entry: LedgerEntry) -> asyncio.Future[None]:
+        """Queue `entry` for the next commit; the future resolves once it is durable. The entry
+        is queued before this returns, so a caller cancelled while it waits cannot lose it."""
+        if not self._open:
             raise RuntimeError("the ledger writer is not running")
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((entry, future))
-        # A cancelled request still gets its row written: shield the commit from the caller.
-        return await asyncio.shield(future)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, future))
+        if self._writing is None:
+            self._writing = asyncio.create_task(self._write_pending(), name="ledger-writer")
+        return future
+
+    async def record(self, entry: LedgerEntry) -> None:
+        """Wait until `entry` is committed (shielded: a cancelled caller's row is still written)."""
+        await asyncio.shield(self.submit(entry))
 
     async def aclose(self) -> None:
         """Commit everything already queued, then stop."""
-        if self._task is None:
-            return
-        self._queue.put_nowait(None)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        self._open = False
+        if self._writing is not None:
+            await self._writing
 
-    async def _run(self) -> None:
-        while True:
-            item = await self._queue.get()
-            batch: list[_Pending] = []
-            stopping = item is None
-            if item is not None:
-                batch.append(item)
-            while len(batch) < self._batch_max and not self._queue.empty():
-                queued = self._queue.get_nowait()
-                if queued is None:
-                    stopping = True
-                else:
-                    batch.append(queued)
-            if batch:
-                await self._commit(batch)
-            if stopping and self._queue.empty():
-                return
+    async def _write_pending(self) -> None:
+        """Commit groups until nothing is pending; ends, to be started again by `submit`."""
+        try:
+            await asyncio.sleep(0)  # the rest of this turn of the event loop joins the group
+            while self._pending:
+                batch = self._pending[: self._batch_max]
+                del self._pending[: self._batch_max]
+                try:
+                    await self._commit(batch)
+                except Exception as error:  # not the database's doing: fail the group, go on
+                    log.exception("ledger commit failed")
+                    _resolve(batch, error)
+        finally:
+            self._writing = None
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        rows = sorted((ledger_row(entry) for entry, _ in batch), key=lambda row: row["account_id"])
         for attempt, delay in enumerate((*self.RETRY_SECONDS, None)):
             try:
-                async with self._database.begin() as connection:
-                    inserted, totals = await apply_entries(
-                        self._database, connection, (entry for entry, _ in batch)
-                    )
+                await self._database.insert_many(self._insert, rows)
             except (DBAPIError, OSError) as error:
                 if delay is None:
                     log.error("ledger commit failed %d times, giving up: %s", attempt + 1, error)
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
+                    _resolve(batch, error)
                     return
                 log.warning("ledger commit failed, retrying in %.2fs: %s", delay, error)
                 await asyncio.sleep(delay)
                 continue
-            self._on_commit(totals)
-            for entry, future in batch:
-                if not future.done():
-                    future.set_result((str(entry.kind), entry.reference) in inserted)
+            _resolve(batch, None)
             return
+
+
+def _resolve(batch: list[_Pending], error: BaseException | None) -> None:
+    for _, future in batch:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)

@@ -52,7 +52,7 @@ async def open_account_services(settings: Settings) -> AsyncIterator[AccountServ
     prices = PriceList(settings.billing)
     store = AccountStore(database, prices.currency)
     auth = Authenticator(store, settings.accounts.cache_seconds)
-    ledger = LedgerWriter(database, settings.accounts.ledger_batch, auth.update_totals)
+    ledger = LedgerWriter(database, settings.accounts.ledger_batch)
     limits = _limit_backend(settings)
     assert settings.billing.tiers is not None
     media_part_tokens = max(

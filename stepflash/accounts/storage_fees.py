@@ -142,7 +142,7 @@ class StorageFees:
                 )
                 if (await connection.execute(claim)).rowcount == 1:  # else another replica did
                     charges += self.entries(stored, cutoff, moment)
-            inserted, _totals = await apply_entries(self._database, connection, charges)
+            inserted = await apply_entries(self._database, connection, charges)
         return len(inserted)
 
 

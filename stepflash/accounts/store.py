@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stepflash.accounts.database import Database
 from stepflash.accounts.keys import NewKey, digest, matches, new_key
@@ -140,10 +141,8 @@ class AccountStore:
         )
 
     async def totals(self, account: str) -> AccountTotals | None:
-        query = select(accounts.c.balance, accounts.c.topup_total).where(accounts.c.id == account)
         async with self.database.connect() as connection:
-            row = (await connection.execute(query)).first()
-        return None if row is None else AccountTotals(row.balance, row.topup_total)
+            return await _totals(connection, account)
 
     async def topup(self, account: str, amount: int, reference: str | None = None) -> AccountTotals:
         """Add `amount` micro-units (negative to correct a mistake) as one ledger entry."""
@@ -158,10 +157,11 @@ class AccountStore:
             self.currency,
         )
         async with self.database.begin() as connection:
-            inserted, totals = await apply_entries(self.database, connection, [entry])
-            if not inserted:
+            if not await apply_entries(self.database, connection, [entry]):
                 raise AccountError(f"top-up {entry.reference!r} was already recorded")
-        return totals[account]
+            totals = await _totals(connection, account)
+        assert totals is not None  # ensured above
+        return totals
 
     async def usage(
         self,
@@ -202,6 +202,12 @@ class AccountStore:
         async with self.database.connect() as connection:
             rows = await connection.execute(query)
             return [_usage_row(row._mapping) for row in rows]
+
+
+async def _totals(connection: AsyncConnection, account: str) -> AccountTotals | None:
+    query = select(accounts.c.balance, accounts.c.topup_total).where(accounts.c.id == account)
+    row = (await connection.execute(query)).first()
+    return None if row is None else AccountTotals(row.balance, row.topup_total)
 
 
 def _usage_row(mapping: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Who is asking: the API key in `Authorization: Bearer` or `x-api-key`, looked up by its
 digest and cached for `cache_seconds`, so the hot path touches the database about once a
-second per key rather than once per request.
+second per key rather than once per request. When an entry expires, the requests arriving
+meanwhile share one lookup instead of each starting its own.
 
 With no active key in the database the server is *open*: every caller is the local account,
 unbilled and unlimited (the CLI refuses to bind a non-loopback address in that state). The
@@ -9,14 +10,18 @@ first key created turns authentication on, within `cache_seconds`, for good.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from stepflash.accounts.keys import digest
 from stepflash.accounts.ledger import AccountTotals
 from stepflash.accounts.store import AccountStore
 from stepflash.core.errors import ErrorKind, StepflashError
 
+T = TypeVar("T")
 OPEN_ACCOUNT = "local"
 MAX_KEY_LENGTH = 256
 
@@ -52,6 +57,7 @@ class Authenticator:
         self._ttl = cache_seconds
         self._keys: dict[str, tuple[float, Principal | None]] = {}
         self._totals: dict[str, tuple[float, AccountTotals]] = {}
+        self._lookups: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._open_until = 0.0  # while the clock is below this, the server is known open
         self._closed = False  # a key has existed: authentication is on for good
 
@@ -85,6 +91,11 @@ class Authenticator:
         cached = self._keys.get(secret_digest)
         if cached is not None and cached[0] > now:
             return cached[1]
+        return await self._once(
+            ("key", secret_digest), lambda: self._look_up(secret, secret_digest, now)
+        )
+
+    async def _look_up(self, secret: str, secret_digest: str, now: float) -> Principal | None:
         record = await self._store.lookup_key(secret)
         principal = None
         if record is not None and not record.revoked:
@@ -107,7 +118,7 @@ class Authenticator:
         self._totals[account] = (now + self._ttl, totals)
 
     def update_totals(self, totals: dict[str, AccountTotals]) -> None:
-        """Balances this replica just committed: fresher than any cache."""
+        """Totals this replica just wrote (a top-up): fresher than any cache."""
         now = time.monotonic()
         for account, account_totals in totals.items():
             self._remember_totals(account, account_totals, now)
@@ -117,6 +128,19 @@ class Authenticator:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
+        return await self._once(("totals", account), lambda: self._read_totals(account, now))
+
+    async def _read_totals(self, account: str, now: float) -> AccountTotals:
         totals = await self._store.totals(account) or AccountTotals(0, 0)
         self._remember_totals(account, totals, now)
         return totals
+
+    async def _once(self, key: tuple[str, str], look_up: Callable[[], Awaitable[T]]) -> T:
+        """One lookup per key at a time: the callers that miss together share its answer."""
+        running = self._lookups.get(key)
+        if running is None:
+            running = asyncio.ensure_future(look_up())
+            self._lookups[key] = running
+            running.add_done_callback(lambda _done: self._lookups.pop(key, None))
+        result: T = await asyncio.shield(running)
+        return result

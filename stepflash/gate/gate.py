@@ -5,15 +5,13 @@ the prompt estimate plus `max_tokens` in the token window, and the most the requ
 held against the balance. `Admission.settle` then charges what the engine reported (one
 ledger row, keyed by the request id, awaited until durable) and gives back the rest;
 `Admission.release` gives everything back when the request failed or its client left.
-Settlement and release run in their own tasks: a cancelled request cannot skip them.
+A cancelled request cannot skip either: both start before their first await.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
 
 from stepflash.accounts.ledger import EntryKind, LedgerEntry, LedgerWriter
 from stepflash.accounts.pricing import PriceList, format_money
@@ -28,15 +26,6 @@ log = logging.getLogger(__name__)
 
 BYTES_PER_TOKEN_ESTIMATE = 3  # fewer bytes per token than any tokenizer we serve: holds enough
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators the template adds per message
-_background: set[asyncio.Task[Any]] = set()
-
-
-def _in_background(work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-    """Run `work` to the end even if whoever started it is cancelled."""
-    task = asyncio.create_task(work)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    return task
 
 
 def estimate_prompt_tokens(request: ChatRequest, media_part_tokens: int) -> int:
@@ -171,44 +160,50 @@ class Admission:
         }
 
     async def settle(self, model: str, usage: Usage | None, media_tokens: int) -> None:
-        """Charge what the engine reported and wait until the charge is durable."""
+        """Charge what the engine reported and wait until the charge is durable.
+
+        The charge is queued and the limits settled before the first await, so a request
+        cancelled while it waits still pays exactly once and leaves nothing held."""
         if self._finished:
             return
         self._finished = True
-        if usage is None:
-            log.warning(
-                "request %s ended without usage; nothing charged", self.grant.ask.request_id
-            )
-            usage = Usage(0, 0)
-        self.cost = self._gate.prices.usage_cost(model, usage)
-        await asyncio.shield(_in_background(self._settle(model, usage, media_tokens)))
-
-    async def _settle(self, model: str, usage: Usage, media_tokens: int) -> None:
         gate, ask = self._gate, self.grant.ask
-        assert self.cost is not None
-        entry = LedgerEntry(
-            account_id=ask.account,
-            kind=EntryKind.USAGE,
-            reference=ask.request_id,
-            amount=-self.cost,
-            currency=gate.prices.currency,
-            key_id=self._principal.key_id,
-            model=model,
-            prompt_tokens=usage.prompt_tokens,
-            cached_tokens=usage.cached_tokens,
-            completion_tokens=usage.completion_tokens,
-            media_tokens=media_tokens,
+        if usage is None:
+            log.warning("request %s ended without usage; nothing charged", ask.request_id)
+            usage = Usage(0, 0)
+        self.cost = gate.prices.usage_cost(model, usage)
+        committed = gate.ledger.submit(
+            LedgerEntry(
+                account_id=ask.account,
+                kind=EntryKind.USAGE,
+                reference=ask.request_id,
+                amount=-self.cost,
+                currency=gate.prices.currency,
+                key_id=self._principal.key_id,
+                model=model,
+                prompt_tokens=usage.prompt_tokens,
+                cached_tokens=usage.cached_tokens,
+                completion_tokens=usage.completion_tokens,
+                media_tokens=media_tokens,
+            )
         )
-        try:
-            await gate.ledger.record(entry)
-        except BaseException:
-            await gate.limits.settle(self.grant, usage.total_tokens, 0)
-            raise
-        await gate.limits.settle(self.grant, usage.total_tokens, self.cost)
+        _report_failure(gate.limits.settle(self.grant, usage.total_tokens, self.cost))
+        await asyncio.shield(committed)
 
     def release(self) -> None:
         """The request failed or its client left: give back everything, charge nothing."""
         if self._finished:
             return
         self._finished = True
-        _in_background(self._gate.limits.settle(self.grant, 0, 0))
+        _report_failure(self._gate.limits.settle(self.grant, 0, 0))
+
+
+def _report_failure(settled: asyncio.Future[None]) -> None:
+    """Settlements are not awaited; one that fails (Redis down) is logged, and the lease it
+    could not free expires on its own."""
+    settled.add_done_callback(_log_settle_failure)
+
+
+def _log_settle_failure(settled: asyncio.Future[None]) -> None:
+    if not settled.cancelled() and settled.exception() is not None:
+        log.error("settling limits failed: %s", settled.exception())

@@ -15,6 +15,7 @@ ever sees money that has already been spent.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -81,7 +82,10 @@ class LimitBackend(Protocol):
     async def reserve(self, ask: Ask) -> Grant | Refusal:
         """Admit `ask` against every limit and the balance atomically, or refuse it."""
 
-    async def settle(self, grant: Grant, tokens: int, charged: int) -> None:
+    def settle(self, grant: Grant, tokens: int, charged: int) -> asyncio.Future[None]:
         """The request ended: free its concurrency slot, correct its token count to `tokens`
         (what it really used; 0 when it failed), and keep `charged` micro-units pending
-        for `pending_seconds` in place of its hold (0 when nothing was charged)."""
+        for `pending_seconds` in place of its hold (0 when nothing was charged).
+
+        It starts at once and needs no waiting for: the future says when it has taken effect
+        (tests wait for it; requests do not)."""

@@ -204,7 +204,13 @@ class MemoryLimits:
         refusal = self._refusal(account, ask, now)
         return refusal if refusal is not None else self._admit(account, ask, now)
 
-    async def settle(self, grant: Grant, tokens: int, charged: int) -> None:
+    def settle(self, grant: Grant, tokens: int, charged: int) -> asyncio.Future[None]:
+        self._settle(grant, tokens, charged)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def _settle(self, grant: Grant, tokens: int, charged: int) -> None:
         ask = grant.ask
         self._running.discard(ask)
         now = self._now()

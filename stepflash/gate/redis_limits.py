@@ -190,11 +190,15 @@ class ScriptPipeline:
         self._flushing: set[asyncio.Task[None]] = set()
 
     async def call(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        return await self.submit(script, keys, args)
+
+    def submit(self, script: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Queue a call for this turn's pipeline; the future holds its reply."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((script, keys, args, future))
         if len(self._queue) == 1:
             asyncio.get_running_loop().call_soon(self._flush_soon)
-        return await future
+        return future
 
     def _flush_soon(self) -> None:
         batch, self._queue = self._queue, []
@@ -317,10 +321,10 @@ class RedisLimits:
         self._running.add(ask)
         return Grant(ask, bucket, requests, tokens, wait_ms / 1000, reset_tokens_ms / 1000)
 
-    async def settle(self, grant: Grant, tokens: int, charged: int) -> None:
+    def settle(self, grant: Grant, tokens: int, charged: int) -> asyncio.Future[None]:
         ask = grant.ask
         self._running.discard(ask)
-        await self._scripts.call(
+        return self._scripts.submit(
             SETTLE,
             keys=[
                 *self._keys(ask.account, "conc", "toks", "holds", "holdexp"),
