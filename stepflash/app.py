@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -30,6 +31,7 @@ log = logging.getLogger("stepflash")
 # The OpenAI and Anthropic APIs, also under StepFun's Step Plan base path (an Anthropic client
 # given the base URL `/step_plan` posts to `/step_plan/v1/messages`).
 API_PREFIXES = ("/v1", "/step_plan/v1")
+GIL_SWITCH_SECONDS = 0.0005
 
 
 def create_app(settings: Settings, embedded: Engine | None = None) -> FastAPI:
@@ -51,6 +53,10 @@ def create_app(settings: Settings, embedded: Engine | None = None) -> FastAPI:
             # Everything built so far lives as long as the process: keep it out of the
             # cyclic collector's scans, which otherwise grow with the app's object graph.
             gc.freeze()
+            # A thread that needs the interpreter while the event loop is busy (the SQLite
+            # ledger writer after each fsync) waits up to this long for it: 5 ms by default,
+            # which would stretch every group commit, and every request waiting on one.
+            sys.setswitchinterval(GIL_SWITCH_SECONDS)
             try:
                 yield
             finally:

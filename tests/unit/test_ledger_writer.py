@@ -1,0 +1,136 @@
+"""The ledger's group commit and the key cache, against real SQLite and PostgreSQL databases.
+
+The database moves balances with every inserted row (a trigger), so each test checks the
+balance against the rows, including the rows a duplicate key kept out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import pytest
+from sqlalchemy import func, select
+
+from stepflash.accounts.database import Database, open_database
+from stepflash.accounts.ledger import EntryKind, LedgerEntry, LedgerWriter
+from stepflash.accounts.schema import ledger
+from stepflash.accounts.store import AccountStore
+from stepflash.gate.auth import Authenticator
+
+if TYPE_CHECKING:
+    from tests.services import PostgresServer
+
+pytest_plugins = ["tests.services"]  # the postgres_server fixture
+
+T = TypeVar("T")
+TOPUP = 1_000_000
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'stepflash.db'}"
+    postgres: PostgresServer = request.getfixturevalue("postgres_server")
+    return postgres.create_database(f"ledger_{os.urandom(8).hex()}")
+
+
+def run(url: str, scenario: Callable[[Database, AccountStore], Awaitable[T]]) -> T:
+    async def main() -> T:
+        database = await open_database(url)
+        try:
+            store = AccountStore(database, "USD")
+            await store.topup("alice", TOPUP, "first-alice")
+            await store.topup("bob", TOPUP, "first-bob")
+            return await asyncio.wait_for(scenario(database, store), 20)
+        finally:
+            await database.aclose()
+
+    return asyncio.run(main())
+
+
+def usage(account: str, reference: str, amount: int) -> LedgerEntry:
+    return LedgerEntry(account, EntryKind.USAGE, reference, -amount, "USD", prompt_tokens=1)
+
+
+async def rows(database: Database, account: str) -> tuple[int, int]:
+    query = select(func.count(), func.coalesce(func.sum(ledger.c.amount), 0)).where(
+        ledger.c.account_id == account
+    )
+    async with database.connect() as connection:
+        count, total = (await connection.execute(query)).one()
+    return int(count), int(total)
+
+
+def test_concurrent_charges_commit_together_and_move_balances_exactly(url: str) -> None:
+    async def scenario(database: Database, store: AccountStore) -> None:
+        writer = LedgerWriter(database, batch_max=16)
+        await writer.start()
+        entries = [usage(("alice", "bob")[i % 2], f"req-{i}", 10 + i) for i in range(100)]
+        await asyncio.gather(*(writer.record(entry) for entry in entries))
+        # Replays of settled requests, and a charge whose caller gave up waiting.
+        await asyncio.gather(*(writer.record(entry) for entry in entries[:10]))
+        waiting = asyncio.ensure_future(writer.record(usage("alice", "cancelled", 7)))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        await writer.aclose()
+        alice_charges = sum(10 + i for i in range(0, 100, 2)) + 7
+        bob_charges = sum(10 + i for i in range(1, 100, 2))
+        assert await rows(database, "alice") == (51 + 1, TOPUP - alice_charges)
+        assert await rows(database, "bob") == (50 + 1, TOPUP - bob_charges)
+        for account, charges in (("alice", alice_charges), ("bob", bob_charges)):
+            totals = await store.totals(account)
+            assert totals is not None
+            assert (totals.balance, totals.topup_total) == (TOPUP - charges, TOPUP)
+
+    run(url, scenario)
+
+
+def test_a_closed_writer_refuses_new_entries(url: str) -> None:
+    async def scenario(database: Database, _store: AccountStore) -> None:
+        writer = LedgerWriter(database, batch_max=16)
+        await writer.start()
+        await writer.aclose()
+        with pytest.raises(RuntimeError, match="not running"):
+            writer.submit(usage("alice", "late", 1))
+
+    run(url, scenario)
+
+
+class CountingStore(AccountStore):
+    """The real store, counting the lookups the authenticator makes."""
+
+    lookups = 0
+    totals_reads = 0
+
+    async def lookup_key(self, secret: str):  # type: ignore[no-untyped-def]
+        self.lookups += 1
+        return await super().lookup_key(secret)
+
+    async def totals(self, account: str):  # type: ignore[no-untyped-def]
+        self.totals_reads += 1
+        return await super().totals(account)
+
+
+def test_requests_missing_the_cache_together_share_one_lookup(url: str) -> None:
+    async def scenario(database: Database, _store: AccountStore) -> None:
+        store = CountingStore(database, "USD")
+        secret = (await store.create_key("alice")).secret
+        auth = Authenticator(store, cache_seconds=60)
+        principals = await asyncio.gather(*(auth.authenticate(secret) for _ in range(30)))
+        assert {p.account_id for p in principals} == {"alice"}
+        assert store.lookups == 1
+        wrong = await asyncio.gather(
+            *(auth.authenticate("sk-sf-wrong") for _ in range(30)), return_exceptions=True
+        )
+        assert all("invalid or revoked" in str(error) for error in wrong)
+        assert store.lookups == 2
+        fresh = Authenticator(store, cache_seconds=60)
+        totals = await asyncio.gather(*(fresh.totals("bob") for _ in range(30)))
+        assert {t.balance for t in totals} == {TOPUP}
+        assert store.totals_reads == 1
+
+    run(url, scenario)
