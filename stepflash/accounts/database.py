@@ -64,7 +64,12 @@ class Database:
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        if self.is_sqlite and parsed.database:
+        if self.is_sqlite:
+            if parsed.database in (None, "", ":memory:"):
+                raise DatabaseError(
+                    f"{url!r} is an in-memory SQLite database, which no other connection sees "
+                    "and which loses every charge when the process ends; give a file path"
+                )
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         options: dict[str, Any] = (
             {} if self.is_sqlite else {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 import pytest
 from sqlalchemy import func, select
 
-from stepflash.accounts.database import Database, open_database
+from stepflash.accounts.database import Database, DatabaseError, open_database
 from stepflash.accounts.ledger import EntryKind, LedgerEntry, LedgerWriter
 from stepflash.accounts.schema import ledger
 from stepflash.accounts.store import AccountStore
@@ -134,3 +134,9 @@ def test_requests_missing_the_cache_together_share_one_lookup(url: str) -> None:
         assert store.totals_reads == 1
 
     run(url, scenario)
+
+
+@pytest.mark.parametrize("memory_url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])
+def test_an_in_memory_sqlite_database_is_refused(memory_url: str) -> None:
+    with pytest.raises(DatabaseError, match="in-memory SQLite database"):
+        Database(memory_url)
