@@ -53,12 +53,6 @@ class LedgerEntry:
     created_at: int = field(default_factory=lambda: int(time.time()))
 
 
-@dataclass(frozen=True, slots=True)
-class AccountTotals:
-    balance: int
-    topup_total: int
-
-
 def ledger_row(entry: LedgerEntry) -> dict[str, Any]:
     return {
         "account_id": entry.account_id,
@@ -124,10 +118,6 @@ class LedgerWriter:
         if self._writing is None:
             self._writing = asyncio.create_task(self._write_pending(), name="ledger-writer")
         return future
-
-    async def record(self, entry: LedgerEntry) -> None:
-        """Wait until `entry` is committed (shielded: a cancelled caller's row is still written)."""
-        await asyncio.shield(self.submit(entry))
 
     async def aclose(self) -> None:
         """Commit everything already queued, then stop."""

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stepflash.accounts.database import Database
 from stepflash.accounts.keys import NewKey, digest, matches, new_key
-from stepflash.accounts.ledger import AccountTotals, EntryKind, LedgerEntry, apply_entries
+from stepflash.accounts.ledger import EntryKind, LedgerEntry, apply_entries
 from stepflash.accounts.schema import accounts, api_keys, ledger
 
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -22,6 +22,12 @@ USAGE_GROUPS = ("day", "model", "key")
 
 class AccountError(Exception):
     """A request the store refuses, with a message for the person who made it."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountTotals:
+    balance: int
+    topup_total: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,7 +145,7 @@ async def admin_topup(request: Request, body: TopUp) -> dict[str, Any]:
         totals = await services.store.topup(body.account, to_micro(body.amount), body.reference)
     except AccountError as error:
         raise _wrap(error) from None
-    services.auth.update_totals({body.account: totals})
+    services.auth.update_totals(body.account, totals)
     return {
         "account": body.account,
         "balance": format_money(totals.balance),

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from stepflash.accounts.keys import digest
-from stepflash.accounts.ledger import AccountTotals
-from stepflash.accounts.store import AccountStore
+from stepflash.accounts.store import AccountStore, AccountTotals
 from stepflash.core.errors import ErrorKind, StepflashError
 
 T = TypeVar("T")
@@ -117,11 +116,9 @@ class Authenticator:
     def _remember_totals(self, account: str, totals: AccountTotals, now: float) -> None:
         self._totals[account] = (now + self._ttl, totals)
 
-    def update_totals(self, totals: dict[str, AccountTotals]) -> None:
+    def update_totals(self, account: str, totals: AccountTotals) -> None:
         """Totals this replica just wrote (a top-up): fresher than any cache."""
-        now = time.monotonic()
-        for account, account_totals in totals.items():
-            self._remember_totals(account, account_totals, now)
+        self._remember_totals(account, totals, time.monotonic())
 
     async def totals(self, account: str) -> AccountTotals:
         cached = self._totals.get(account)

@@ -56,6 +56,11 @@ def usage(account: str, reference: str, amount: int) -> LedgerEntry:
     return LedgerEntry(account, EntryKind.USAGE, reference, -amount, "USD", prompt_tokens=1)
 
 
+async def committed(writer: LedgerWriter, entry: LedgerEntry) -> None:
+    """What a request does: queue its row, then wait (shielded) until it is durable."""
+    await asyncio.shield(writer.submit(entry))
+
+
 async def rows(database: Database, account: str) -> tuple[int, int]:
     query = select(func.count(), func.coalesce(func.sum(ledger.c.amount), 0)).where(
         ledger.c.account_id == account
@@ -70,10 +75,10 @@ def test_concurrent_charges_commit_together_and_move_balances_exactly(url: str) 
         writer = LedgerWriter(database, batch_max=16)
         await writer.start()
         entries = [usage(("alice", "bob")[i % 2], f"req-{i}", 10 + i) for i in range(100)]
-        await asyncio.gather(*(writer.record(entry) for entry in entries))
+        await asyncio.gather(*(committed(writer, entry) for entry in entries))
         # Replays of settled requests, and a charge whose caller gave up waiting.
-        await asyncio.gather(*(writer.record(entry) for entry in entries[:10]))
-        waiting = asyncio.ensure_future(writer.record(usage("alice", "cancelled", 7)))
+        await asyncio.gather(*(committed(writer, entry) for entry in entries[:10]))
+        waiting = asyncio.ensure_future(committed(writer, usage("alice", "cancelled", 7)))
         await asyncio.sleep(0)
         waiting.cancel()
         await writer.aclose()
