@@ -28,8 +28,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from hiredis import pack_command
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stepflash.gate.limits import Ask, Grant, Refusal, RefusalReason
 from stepflash.gate.memory_limits import (
@@ -51,7 +55,8 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 #       lease ms, key ttl ms, window ms, min retry ms, max retry ms
 # Returns {code, wait ms, remaining requests, remaining tokens, reset tokens ms, bucket}: code 0
 # admits (wait = until a request slot frees), 1-4 refuse (wait = retry after) for concurrency,
-# requests, tokens, balance.
+# requests, tokens, balance. A request id admitted already is admitted again without change, so
+# a batch may be sent twice.
 RESERVE = (
     _CLOCK
     + """
@@ -106,6 +111,12 @@ end
 local held = tonumber(redis.call('GET', KEYS[6]) or '0')
 local live, count = redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])
 local left_requests, left_tokens = math.max(rpm - count, 0), math.max(tpm - used, 0)
+
+local admitted = redis.call('ZSCORE', KEYS[2], rid)
+if admitted then  -- a batch sent again after its reply was lost: admitted already, change nothing
+  local second = math.floor(tonumber(admitted) / 1000)
+  return {0, requests_wait(), left_requests, left_tokens, tokens_wait(used, tokens), second}
+end
 
 if live >= concurrency then return {1, concurrency_wait(), left_requests, left_tokens, 0, 0} end
 if count >= rpm then return {2, requests_wait(), left_requests, left_tokens, 0, 0} end
@@ -180,7 +191,13 @@ _Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]
 
 
 class ScriptPipeline:
-    """Runs scripts by EVALSHA, batching the calls made in one turn of the event loop."""
+    """Runs scripts by EVALSHA, batching the calls made in one turn of the event loop.
+
+    A batch is packed by hiredis (in C) and written to one pooled connection, and its replies
+    are read in order: redis-py's `Pipeline` packs every argument in Python, which cost more
+    than everything else a billed request does. A batch that fails on its connection is sent
+    once more on a fresh one, which is safe because every script is idempotent per request id.
+    """
 
     def __init__(self, client: Redis, *scripts: str) -> None:
         self._client = client
@@ -199,6 +216,12 @@ class ScriptPipeline:
         if len(self._queue) == 1:
             asyncio.get_running_loop().call_soon(self._flush_soon)
         return future
+
+    async def drain(self) -> None:
+        """Wait until every call submitted so far has its reply (before closing the client)."""
+        await asyncio.sleep(0)  # the current turn's batch leaves
+        while self._flushing:
+            await asyncio.wait(set(self._flushing))
 
     def _flush_soon(self) -> None:
         batch, self._queue = self._queue, []
@@ -225,21 +248,46 @@ class ScriptPipeline:
     async def _execute(self, batch: list[_Call]) -> list[Any]:
         if not self._shas:
             await self._load()
-        replies = await self._send(batch)
+        replies = await self._send_retrying(batch)
         if any(isinstance(reply, NoScriptError) for reply in replies):
             await self._load()  # Redis restarted or was flushed: load the scripts again, once
-            replies = await self._send(batch)
+            replies = await self._send_retrying(batch)
         return replies
 
     async def _load(self) -> None:
         for script in self._scripts:
             self._shas[script] = await self._client.script_load(script)
 
+    async def _send_retrying(self, batch: list[_Call]) -> list[Any]:
+        try:
+            return await self._send(batch)
+        except (RedisConnectionError, RedisTimeoutError):
+            return await self._send(batch)  # a stale pooled connection: once more, afresh
+
     async def _send(self, batch: list[_Call]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for script, keys, args, _future in batch:
-            pipe.evalsha(self._shas[script], len(keys), *keys, *args)
-        return await pipe.execute(raise_on_error=False)
+        packed = b"".join(
+            pack_command(("EVALSHA", self._shas[script], len(keys), *keys, *args))
+            for script, keys, args, _ in batch
+        )
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(packed, check_health=False)
+            return [await _reply(connection) for _ in batch]
+        except BaseException:
+            await connection.disconnect()  # replies may be left unread: never reuse it
+            raise
+        finally:
+            await pool.release(connection)
+
+
+async def _reply(connection: AbstractConnection) -> Any:
+    """The next reply on `connection`; an error reply is returned, not raised, so that the
+    replies after it are still read."""
+    try:
+        return await connection.read_response()
+    except ResponseError as error:
+        return error
 
 
 class RedisLimits:
@@ -291,6 +339,7 @@ class RedisLimits:
 
     async def aclose(self) -> None:
         await self._running.aclose()
+        await self._scripts.drain()
         if self._owns_client:
             await self._client.aclose()
 

@@ -434,3 +434,70 @@ def _wait(result: Grant | Refusal) -> float:
     if isinstance(result, Grant):
         return result.reset_requests_seconds + result.reset_tokens_seconds
     return result.retry_after_seconds
+
+
+def test_a_redis_reserve_sent_twice_counts_once(redis_server: RedisServer) -> None:
+    """A batch whose replies were lost is sent again: the request it admitted already must not
+    take a second slot, request, token count or hold."""
+    limits = TierLimits(concurrency=1, requests_per_minute=2, tokens_per_minute=100)
+
+    async def scenario() -> None:
+        backend = RedisLimits.from_url(redis_server.url, prefix=f"test-{uuid.uuid4().hex}")
+        try:
+            request = ask(limits=limits, tokens=60, hold=70, balance=100)
+            first = await granted(backend, request)
+            again = await granted(backend, request)  # over every limit if counted twice
+            assert again.bucket == first.bucket
+            assert again.remaining_requests == first.remaining_requests == 1
+            assert again.remaining_tokens == first.remaining_tokens == 40
+            await backend.settle(first, 60, 0)
+            # one slot, one request, 60 tokens and no hold were used: this one fits exactly
+            await granted(backend, ask(limits=limits, tokens=40, hold=100, balance=100))
+        finally:
+            await backend.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), SCENARIO_SECONDS))
+
+
+def test_redis_calls_survive_a_dropped_connection(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        backend = RedisLimits.from_url(redis_server.url, prefix=f"test-{uuid.uuid4().hex}")
+        admin = Redis.from_url(redis_server.url)
+        try:
+            grant = await granted(backend, ask())
+            assert await admin.client_kill_filter(_type="normal", skipme=True) >= 1
+            await backend.settle(grant, 10, 0)  # on the killed connection, then a fresh one
+            await granted(backend, ask())
+        finally:
+            await backend.aclose()
+            await admin.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), SCENARIO_SECONDS))
+
+
+def test_closing_redis_limits_sends_the_settlements_already_made(
+    redis_server: RedisServer,
+) -> None:
+    """Shutdown right after requests end: their settlements (not awaited by the gate) still
+    reach Redis before the client closes, so no slot waits for its lease to expire. The close
+    comes 0-3 turns after the settlements, to catch their batch at every stage of its trip."""
+
+    async def settle_then_close(turns: int) -> int:
+        prefix = f"test-{uuid.uuid4().hex}"
+        backend = RedisLimits.from_url(redis_server.url, prefix=prefix)
+        grants = [await granted(backend, ask(account="acme")) for _ in range(5)]
+        for grant in grants:
+            backend.settle(grant, 10, 0)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await backend.aclose()
+        client = Redis.from_url(redis_server.url)
+        try:
+            return await client.zcard(f"{prefix}:{{acme}}:conc")
+        finally:
+            await client.aclose()
+
+    async def scenario() -> list[int]:
+        return [await settle_then_close(turns) for turns in range(4)]
+
+    assert asyncio.run(asyncio.wait_for(scenario(), SCENARIO_SECONDS)) == [0, 0, 0, 0]
