@@ -53,6 +53,23 @@ class LedgerEntry:
     created_at: int = field(default_factory=lambda: int(time.time()))
 
 
+LEDGER_COLUMNS = (
+    "account_id",
+    "kind",
+    "reference",
+    "amount",
+    "currency",
+    "key_id",
+    "model",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "media_tokens",
+    "web_searches",
+    "created_at",
+)
+
+
 def ledger_row(entry: LedgerEntry) -> dict[str, Any]:
     return {
         "account_id": entry.account_id,
@@ -100,7 +117,7 @@ class LedgerWriter:
     def __init__(self, database: Database, batch_max: int) -> None:
         self._database = database
         self._batch_max = batch_max
-        self._insert = database.insert_ignoring_duplicates(ledger)
+        self._insert = database.batch_insert(ledger, LEDGER_COLUMNS)
         self._pending: list[_Pending] = []
         self._writing: asyncio.Task[None] | None = None
         self._open = False
@@ -141,7 +158,13 @@ class LedgerWriter:
             self._writing = None
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        rows = sorted((ledger_row(entry) for entry, _ in batch), key=lambda row: row["account_id"])
+        order = self._insert.columns
+        rows = [
+            tuple(row[column] for column in order)
+            for row in sorted(
+                (ledger_row(entry) for entry, _ in batch), key=lambda row: row["account_id"]
+            )
+        ]
         for attempt, delay in enumerate((*self.RETRY_SECONDS, None)):
             try:
                 await self._database.insert_many(self._insert, rows)

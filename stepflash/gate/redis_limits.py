@@ -26,6 +26,8 @@ so an idle account leaves nothing behind. Needs Redis 5 or later (scripts that w
 from __future__ import annotations
 
 import asyncio
+import math
+from dataclasses import dataclass
 from typing import Any
 
 from hiredis import pack_command
@@ -185,6 +187,17 @@ return 0
 """
 )
 
+_KEY_CACHE_ACCOUNTS = 10_000  # bounded: forgotten all at once when full, rebuilt on use
+
+
+@dataclass(frozen=True, slots=True)
+class _AccountKeys:
+    reserve: list[str]
+    settle: list[str]
+    held: str
+    done: str  # the settled marker's key, less the request id
+
+
 _REFUSALS = list(RefusalReason)  # reply codes 1-4, in the order the checks run
 
 _Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]
@@ -205,9 +218,6 @@ class ScriptPipeline:
         self._shas: dict[str, str] = {}
         self._queue: list[_Call] = []
         self._flushing: set[asyncio.Task[None]] = set()
-
-    async def call(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        return await self.submit(script, keys, args)
 
     def submit(self, script: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         """Queue a call for this turn's pipeline; the future holds its reply."""
@@ -261,7 +271,7 @@ class ScriptPipeline:
     async def _send_retrying(self, batch: list[_Call]) -> list[Any]:
         try:
             return await self._send(batch)
-        except (RedisConnectionError, RedisTimeoutError):
+        except (RedisConnectionError, RedisTimeoutError, TimeoutError):
             return await self._send(batch)  # a stale pooled connection: once more, afresh
 
     async def _send(self, batch: list[_Call]) -> list[Any]:
@@ -272,8 +282,9 @@ class ScriptPipeline:
         pool = self._client.connection_pool
         connection = await pool.get_connection()
         try:
-            await connection.send_packed_command(packed, check_health=False)
-            return [await _reply(connection) for _ in batch]
+            async with asyncio.timeout(connection.socket_timeout):  # for the batch, not per reply
+                await connection.send_packed_command(packed, check_health=False)
+                return [await _reply(connection) for _ in batch]
         except BaseException:
             await connection.disconnect()  # replies may be left unread: never reuse it
             raise
@@ -285,7 +296,7 @@ async def _reply(connection: AbstractConnection) -> Any:
     """The next reply on `connection`; an error reply is returned, not raised, so that the
     replies after it are still read."""
     try:
-        return await connection.read_response()
+        return await connection.read_response(timeout=math.inf)
     except ResponseError as error:
         return error
 
@@ -313,6 +324,7 @@ class RedisLimits:
         self._pending_ms = round(pending_seconds * 1000)
         self._ttl_ms = WINDOW_MS + self._lease_ms + self._pending_ms
         self._scripts = ScriptPipeline(client, RESERVE, SETTLE, RENEW)
+        self._key_cache: dict[str, _AccountKeys] = {}
         self._running = RunningGrants(lease_seconds, self._renew)
 
     @classmethod
@@ -345,9 +357,9 @@ class RedisLimits:
 
     async def reserve(self, ask: Ask) -> Grant | Refusal:
         limits = ask.limits
-        reply = await self._scripts.call(
+        reply = await self._scripts.submit(
             RESERVE,
-            keys=self._keys(ask.account, "conc", "reqs", "toks", "holds", "holdexp", "held"),
+            keys=self._account_keys(ask.account).reserve,
             args=[
                 ask.request_id,
                 ask.tokens,
@@ -373,12 +385,10 @@ class RedisLimits:
     def settle(self, grant: Grant, tokens: int, charged: int) -> asyncio.Future[None]:
         ask = grant.ask
         self._running.discard(ask)
+        keys = self._account_keys(ask.account)
         return self._scripts.submit(
             SETTLE,
-            keys=[
-                *self._keys(ask.account, "conc", "toks", "holds", "holdexp"),
-                *self._keys(ask.account, f"done:{ask.request_id}", "held"),
-            ],
+            keys=[*keys.settle, keys.done + ask.request_id, keys.held],
             args=[
                 ask.request_id,
                 grant.bucket,
@@ -394,9 +404,24 @@ class RedisLimits:
     def _keys(self, account: str, *names: str) -> list[str]:
         return [f"{self._prefix}:{{{account}}}:{name}" for name in names]
 
+    def _account_keys(self, account: str) -> _AccountKeys:
+        """The keys every reserve and settle of `account` names, built once per account."""
+        keys = self._key_cache.get(account)
+        if keys is None:
+            if len(self._key_cache) >= _KEY_CACHE_ACCOUNTS:
+                self._key_cache.clear()
+            keys = _AccountKeys(
+                reserve=self._keys(account, "conc", "reqs", "toks", "holds", "holdexp", "held"),
+                settle=self._keys(account, "conc", "toks", "holds", "holdexp"),
+                held=self._keys(account, "held")[0],
+                done=self._keys(account, "done:")[0],
+            )
+            self._key_cache[account] = keys
+        return keys
+
     async def _renew(self, running: Running) -> None:
         for account, request_ids in running.items():
-            await self._scripts.call(
+            await self._scripts.submit(
                 RENEW,
                 keys=self._keys(account, "conc", "holds", "holdexp"),
                 args=[self._lease_ms, self._ttl_ms, *request_ids],
