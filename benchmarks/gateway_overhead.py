@@ -47,7 +47,7 @@ def pinned(core: int, command: list[str]) -> list[str]:
 
 @contextmanager
 def process(name: str, command: list[str], ready_url: str, env: dict[str, str] | None = None
-            ) -> Iterator[None]:
+            ) -> Iterator[subprocess.Popen]:
     log = (RESULTS / f"gateway_overhead-{name}.log").open("wb")
     child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                              env={**os.environ, **(env or {})})
@@ -64,7 +64,7 @@ def process(name: str, command: list[str], ready_url: str, env: dict[str, str] |
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not start; see {log.name}")
             time.sleep(0.3)
-        yield
+        yield child
     finally:
         child.terminate()
         try:
@@ -75,10 +75,10 @@ def process(name: str, command: list[str], ready_url: str, env: dict[str, str] |
 
 
 def load(url: str, model: str, concurrency: int, stream: bool, seconds: float,
-         api_key: str = "sk-bench") -> dict:
+         api_key: str = "sk-bench", warmup: float = 2.0) -> dict:
     command = pinned(1, [PYTHON, str(HERE / "gateway" / "load.py"), "--url", url, "--model",
                          model, "--concurrency", str(concurrency), "--seconds", str(seconds),
-                         "--api-key", api_key])
+                         "--api-key", api_key, "--warmup", str(warmup)])
     if stream:
         command.append("--stream")
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
