@@ -7,7 +7,9 @@ replicas may start at once against one PostgreSQL: migrations run under an advis
 Group commits of the ledger take a faster road than other queries (`insert_many`): every
 round trip of a commit is a turn of the event loop that a request waits through, so a group
 is one atomic write in one trip; and its statement is compiled once for the driver, whose
-`executemany` takes the rows as tuples, without SQLAlchemy's work per row.
+`executemany` takes the rows as tuples. On PostgreSQL the writer keeps one connection and
+calls asyncpg on it directly: SQLAlchemy's checkout, greenlet hop and cursor adaptation cost
+about 0.3 ms of CPU per group, more than asyncpg's whole write of twenty rows.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, create_engine, event, text
@@ -34,8 +37,15 @@ from stepflash.accounts.schema import metadata
 _MIGRATION_LOCK = 0x5EF1A5  # PostgreSQL advisory lock id held while migrating
 
 
+BATCH_TIMEOUT_SECONDS = 30.0  # a group write that takes longer fails (and is retried)
+
+
 class DatabaseError(Exception):
     """The database cannot be opened or migrated; the message says which and why."""
+
+
+class BatchWriteError(Exception):
+    """A group write failed as a whole (nothing of it was written); trying again may succeed."""
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -119,7 +129,8 @@ class Database:
         return self._batches.compile(self.insert_ignoring_duplicates(table), columns)
 
     async def insert_many(self, batch: BatchInsert, rows: list[tuple[Any, ...]]) -> None:
-        """Insert many rows as one atomic write, in one trip from the event loop."""
+        """Insert many rows as one atomic write, in one trip from the event loop; raises
+        `BatchWriteError` when none of them could be written."""
         await self._batches.insert_many(batch, rows)
 
     def connect(self) -> AsyncConnection:
@@ -151,7 +162,11 @@ class _SqliteBatches:
         return _compile_batch(statement, columns, self._engine.dialect)
 
     async def insert_many(self, batch: BatchInsert, rows: list[tuple[Any, ...]]) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, batch, rows)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._thread, self._insert, batch, rows)
+        except (SQLAlchemyError, OSError) as error:
+            raise BatchWriteError(str(error)) from error
 
     def _insert(self, batch: BatchInsert, rows: list[tuple[Any, ...]]) -> None:
         with self._engine.begin() as connection:
@@ -162,23 +177,56 @@ class _SqliteBatches:
         self._thread.shutdown()
 
 
+# What asyncpg raises for a write that did not happen: the server refused it, the connection
+# is gone or broken (a terminated backend can leave the protocol in a state it cannot leave),
+# or it timed out.
+_DRIVER_ERRORS = (
+    SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+
 class _AutocommitBatches:
-    """Connections of their own in autocommit: one executemany is one round trip, and asyncpg
-    runs it atomically, so neither BEGIN nor COMMIT (nor a pool ping) costs a trip."""
+    """One connection of its own, used through asyncpg: outside a transaction an
+    `executemany` is one round trip and atomic (asyncpg >= 0.22), so neither BEGIN nor COMMIT
+    (nor a pool ping) costs a trip. A connection that fails is dropped and opened afresh on
+    the next write."""
 
     def __init__(self, url: str) -> None:
-        self._engine = create_async_engine(
-            url, pool_size=2, max_overflow=0, isolation_level="AUTOCOMMIT"
-        )
+        self._engine = create_async_engine(url, pool_size=1, max_overflow=0)
+        self._connection: AsyncConnection | None = None
+        self._driver: asyncpg.Connection | None = None
 
     def compile(self, statement: Insert, columns: Sequence[str]) -> BatchInsert:
         return _compile_batch(statement, columns, self._engine.dialect)
 
     async def insert_many(self, batch: BatchInsert, rows: list[tuple[Any, ...]]) -> None:
-        async with self._engine.connect() as connection:
-            await connection.exec_driver_sql(batch.sql, rows)
+        try:
+            driver = self._driver or await self._open()
+            await driver.executemany(batch.sql, rows, timeout=BATCH_TIMEOUT_SECONDS)
+        except _DRIVER_ERRORS as error:
+            await self._drop()
+            raise BatchWriteError(str(error)) from error
+
+    async def _open(self) -> asyncpg.Connection:
+        self._connection = await self._engine.connect()
+        raw = await self._connection.get_raw_connection()
+        self._driver = raw.driver_connection
+        return self._driver
+
+    async def _drop(self) -> None:
+        connection, self._connection, self._driver = self._connection, None, None
+        if connection is not None:
+            await connection.invalidate()
+            await connection.close()
 
     async def aclose(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
         await self._engine.dispose()
 
 
@@ -192,4 +240,11 @@ async def open_database(url: str) -> Database:
     return database
 
 
-__all__ = ["BatchInsert", "Database", "DatabaseError", "metadata", "open_database"]
+__all__ = [
+    "BatchInsert",
+    "BatchWriteError",
+    "Database",
+    "DatabaseError",
+    "metadata",
+    "open_database",
+]

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from stepflash.accounts.database import Database
+from stepflash.accounts.database import BatchWriteError, Database
 from stepflash.accounts.schema import ledger
 
 log = logging.getLogger(__name__)
@@ -168,7 +167,7 @@ class LedgerWriter:
         for attempt, delay in enumerate((*self.RETRY_SECONDS, None)):
             try:
                 await self._database.insert_many(self._insert, rows)
-            except (DBAPIError, OSError) as error:
+            except BatchWriteError as error:
                 if delay is None:
                     log.error("ledger commit failed %d times, giving up: %s", attempt + 1, error)
                     _resolve(batch, error)

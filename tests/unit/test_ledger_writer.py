@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from stepflash.accounts.database import Database, DatabaseError, open_database
 from stepflash.accounts.ledger import EntryKind, LedgerEntry, LedgerWriter
@@ -90,6 +90,34 @@ def test_concurrent_charges_commit_together_and_move_balances_exactly(url: str) 
             totals = await store.totals(account)
             assert totals is not None
             assert (totals.balance, totals.topup_total) == (TOPUP - charges, TOPUP)
+
+    run(url, scenario)
+
+
+def test_a_group_whose_connection_died_is_written_on_a_fresh_one(
+    postgres_server: PostgresServer,
+) -> None:
+    """PostgreSQL restarted or a proxy cut the writer's connection: the next group is retried
+    on a new connection, and no charge is lost or written twice."""
+    url = postgres_server.create_database(f"ledger_{os.urandom(8).hex()}")
+
+    async def scenario(database: Database, _store: AccountStore) -> None:
+        writer = LedgerWriter(database, batch_max=16)
+        await writer.start()
+        await committed(writer, usage("alice", "before", 5))
+        async with database.connect() as connection:
+            killed = await connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+            assert killed.scalar_one() >= 1  # the writer's own connection among them
+        await asyncio.gather(
+            *(committed(writer, usage("alice", f"after-{i}", 1)) for i in range(5))
+        )
+        await writer.aclose()
+        assert await rows(database, "alice") == (1 + 1 + 5, TOPUP - 5 - 5)
 
     run(url, scenario)
 
