@@ -15,8 +15,19 @@ from typing import TYPE_CHECKING, TypeVar
 import pytest
 from sqlalchemy import func, select, text
 
-from stepflash.accounts.database import Database, DatabaseError, open_database
-from stepflash.accounts.ledger import EntryKind, LedgerEntry, LedgerWriter
+from stepflash.accounts.database import (
+    BatchWriteError,
+    Database,
+    DatabaseError,
+    open_database,
+)
+from stepflash.accounts.ledger import (
+    LEDGER_COLUMNS,
+    EntryKind,
+    LedgerEntry,
+    LedgerWriter,
+    ledger_row,
+)
 from stepflash.accounts.schema import ledger
 from stepflash.accounts.store import AccountStore
 from stepflash.gate.auth import Authenticator
@@ -118,6 +129,23 @@ def test_a_group_whose_connection_died_is_written_on_a_fresh_one(
         )
         await writer.aclose()
         assert await rows(database, "alice") == (1 + 1 + 5, TOPUP - 5 - 5)
+
+    run(url, scenario)
+
+
+def test_a_failed_group_write_writes_nothing_and_the_next_one_succeeds(url: str) -> None:
+    """A group that fails part-way (here its second row breaks a NOT NULL column) leaves no
+    row behind, and the connection it broke does not break the next group."""
+
+    async def scenario(database: Database, _store: AccountStore) -> None:
+        batch = database.batch_insert(ledger, LEDGER_COLUMNS)
+        good = [ledger_row(usage("alice", f"group-{i}", 3)) for i in range(3)]
+        broken = [{**row, "currency": None} if i == 1 else row for i, row in enumerate(good)]
+        with pytest.raises(BatchWriteError):
+            await database.insert_many(batch, [tuple(r[c] for c in batch.columns) for r in broken])
+        assert await rows(database, "alice") == (1, TOPUP)
+        await database.insert_many(batch, [tuple(r[c] for c in batch.columns) for r in good])
+        assert await rows(database, "alice") == (1 + 3, TOPUP - 9)
 
     run(url, scenario)
 
