@@ -16,6 +16,7 @@ of twenty rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -185,7 +186,7 @@ class _SqliteBatches:
             raise
 
     def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        connection = sqlite3.connect(self._path, isolation_level=None)  # BEGIN/COMMIT are ours
         _sqlite_pragmas(connection, None)
         self._connection = connection
         return connection
@@ -242,10 +243,13 @@ class _AutocommitBatches:
         return self._driver
 
     async def _drop(self) -> None:
+        """Forget a connection that failed; closing a broken one may fail too, and must not
+        hide the error that broke it."""
         connection, self._connection, self._driver = self._connection, None, None
         if connection is not None:
-            await connection.invalidate()
-            await connection.close()
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await connection.invalidate()
+                await connection.close()
 
     async def aclose(self) -> None:
         if self._connection is not None:
