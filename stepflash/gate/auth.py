@@ -78,6 +78,9 @@ class Authenticator:
         now = time.monotonic()
         if now < self._open_until:
             return True
+        return await self._once(("open", ""), lambda: self._check_open(now))
+
+    async def _check_open(self, now: float) -> bool:
         if await self._store.has_active_keys():
             self._closed = True
             return False

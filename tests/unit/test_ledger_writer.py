@@ -166,6 +166,11 @@ class CountingStore(AccountStore):
 
     lookups = 0
     totals_reads = 0
+    key_checks = 0
+
+    async def has_active_keys(self) -> bool:
+        self.key_checks += 1
+        return await super().has_active_keys()
 
     async def lookup_key(self, secret: str):  # type: ignore[no-untyped-def]
         self.lookups += 1
@@ -193,6 +198,29 @@ def test_requests_missing_the_cache_together_share_one_lookup(url: str) -> None:
         totals = await asyncio.gather(*(fresh.totals("bob") for _ in range(30)))
         assert {t.balance for t in totals} == {TOPUP}
         assert store.totals_reads == 1
+
+    run(url, scenario)
+
+
+def test_an_open_server_checks_for_keys_once_for_concurrent_requests(url: str) -> None:
+    """With no key yet, every request asks whether one exists once the answer is
+    `cache_seconds` old; the requests arriving together share one query, and the first key
+    closes the server for all of them."""
+
+    async def scenario(database: Database, _store: AccountStore) -> None:
+        store = CountingStore(database, "USD")
+        auth = Authenticator(store, cache_seconds=60)
+        principals = await asyncio.gather(*(auth.authenticate(None) for _ in range(30)))
+        assert {(p.account_id, p.billed) for p in principals} == {("local", False)}
+        assert store.key_checks == 1
+        secret = (await store.create_key("alice")).secret
+        closed = Authenticator(store, cache_seconds=60)
+        refused = await asyncio.gather(
+            *(closed.authenticate(None) for _ in range(30)), return_exceptions=True
+        )
+        assert all("no API key" in str(error) for error in refused)
+        assert (await closed.authenticate(secret)).account_id == "alice"
+        assert store.key_checks == 2
 
     run(url, scenario)
 
