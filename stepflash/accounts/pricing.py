@@ -22,13 +22,11 @@ def to_micro(amount: Decimal) -> int:
     return int((amount * MICRO).to_integral_value(ROUND_HALF_UP))
 
 
-def from_micro(micro: int) -> Decimal:
-    return Decimal(micro) / MICRO
-
-
 def format_money(micro: int) -> str:
-    """Six decimals: the ledger's precision, shown as-is."""
-    return f"{from_micro(micro):.6f}"
+    """Six decimals: the ledger's precision, shown as-is (integer arithmetic: it is on every
+    billed response's headers)."""
+    units, fraction = divmod(abs(micro), MICRO)
+    return f"{'-' if micro < 0 else ''}{units}.{fraction:06d}"
 
 
 @dataclass(frozen=True, slots=True)

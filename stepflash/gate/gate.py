@@ -188,7 +188,7 @@ class Admission:
             )
         )
         _report_failure(gate.limits.settle(self.grant, usage.total_tokens, self.cost))
-        await asyncio.shield(committed)
+        await committed  # cancelling this wait leaves the queued entry to be written
 
     def release(self) -> None:
         """The request failed or its client left: give back everything, charge nothing."""

@@ -68,8 +68,9 @@ def usage(account: str, reference: str, amount: int) -> LedgerEntry:
 
 
 async def committed(writer: LedgerWriter, entry: LedgerEntry) -> None:
-    """What a request does: queue its row, then wait (shielded) until it is durable."""
-    await asyncio.shield(writer.submit(entry))
+    """What a request does: queue its row, then wait until it is durable (a request cancelled
+    meanwhile cancels its wait, not its row)."""
+    await writer.submit(entry)
 
 
 async def rows(database: Database, account: str) -> tuple[int, int]:
