@@ -142,10 +142,9 @@ class LedgerWriter:
             await self._writing
 
     async def _write_pending(self) -> None:
-        """Commit groups until nothing is pending; ends, to be started again by `submit`.
-        A task's first step runs in the loop's next turn, so the first group already holds
-        every entry of the turn that started it."""
+        """Commit groups until nothing is pending; ends, to be started again by `submit`."""
         try:
+            await asyncio.sleep(0)  # the rest of this turn of the event loop joins the group
             while self._pending:
                 batch = self._pending[: self._batch_max]
                 del self._pending[: self._batch_max]

@@ -224,20 +224,20 @@ class ScriptPipeline:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((script, keys, args, future))
         if len(self._queue) == 1:
-            # The task's first step runs in the next turn, after every call of this one.
-            task = asyncio.create_task(self._flush_queued())
-            self._flushing.add(task)  # a strong reference until it is done
-            task.add_done_callback(self._flushing.discard)
+            asyncio.get_running_loop().call_soon(self._flush_soon)
         return future
 
     async def drain(self) -> None:
         """Wait until every call submitted so far has its reply (before closing the client)."""
+        await asyncio.sleep(0)  # the current turn's batch leaves
         while self._flushing:
             await asyncio.wait(set(self._flushing))
 
-    async def _flush_queued(self) -> None:
+    def _flush_soon(self) -> None:
         batch, self._queue = self._queue, []
-        await self._flush(batch)
+        task = asyncio.create_task(self._flush(batch))
+        self._flushing.add(task)  # a strong reference until it is done
+        task.add_done_callback(self._flushing.discard)
 
     async def _flush(self, batch: list[_Call]) -> None:
         try:
