@@ -35,7 +35,7 @@ GIL_SWITCH_SECONDS = 0.0005
 # The cyclic collector's young generation runs after this many net allocations instead of
 # Python's 700. A request in flight holds a few hundred container objects (frames, futures,
 # dicts), so at 700 the collector ran every few requests and rescanned every live request
-# each time: 10-15% of a busy gateway's CPU. Few of those objects are cyclic garbage (a
+# each time. Few of those objects are cyclic garbage (a
 # gateway serving 1,500 requests/s for 10 s did not reach 50,000), so little memory waits.
 GC_YOUNG_THRESHOLD = 50_000
 

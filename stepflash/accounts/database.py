@@ -107,12 +107,12 @@ class Database:
             {} if self.is_sqlite else {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
         )
         self.engine: AsyncEngine = create_async_engine(url, **options)
-        self._batches: _SqliteBatches | _AutocommitBatches
+        self._batches: _SqliteBatches | _PostgresBatches
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             self._batches = _SqliteBatches(url)
         else:
-            self._batches = _AutocommitBatches(url)
+            self._batches = _PostgresBatches(url)
 
     async def migrate(self) -> None:
         """Bring the schema to the latest revision (creating it on a new database)."""
@@ -201,9 +201,9 @@ class _SqliteBatches:
         self._thread.shutdown()
 
 
-# What asyncpg raises for a write that did not happen: the server refused it, the connection
-# is gone or broken (a terminated backend can leave the protocol in a state it cannot leave),
-# or it timed out.
+# What a PostgreSQL group write can raise when it did not happen: SQLAlchemy could not open the
+# connection, the server refused the write, the connection is gone or broken (a terminated
+# backend can leave asyncpg's protocol in a state it cannot leave), or it timed out.
 _DRIVER_ERRORS = (
     SQLAlchemyError,
     asyncpg.PostgresError,
@@ -214,7 +214,7 @@ _DRIVER_ERRORS = (
 )
 
 
-class _AutocommitBatches:
+class _PostgresBatches:
     """One connection of its own, used through asyncpg: outside a transaction an
     `executemany` is one round trip and atomic (asyncpg >= 0.22), so neither BEGIN nor COMMIT
     (nor a pool ping) costs a trip. A connection that fails is dropped and opened afresh on
