@@ -127,7 +127,10 @@ class _Account:
     requests: deque[int] = field(default_factory=deque)  # admission times, oldest first
     buckets: dict[int, int] = field(default_factory=dict)  # unix second -> tokens, in order
     tokens_total: int = 0
-    settled: dict[str, int] = field(default_factory=dict)  # id -> when to forget it
+    settled: set[str] = field(default_factory=set)  # ids settled in the last two minutes
+    # (when to forget it, id), oldest first; a dict emptied from its front would rescan the
+    # deleted slots on every look at its oldest entry, thousands of them under load
+    settled_order: deque[tuple[int, str]] = field(default_factory=deque)
 
     def prune(self, now: int) -> None:
         """Drop what left the window or expired, from the front of each time-ordered record."""
@@ -140,8 +143,8 @@ class _Account:
             self.tokens_total -= self.buckets.pop(oldest)
         while self.pending and self.pending[0][0] <= now:
             self.pending_total -= self.pending.popleft()[2]
-        while self.settled and next(iter(self.settled.values())) <= now:
-            del self.settled[next(iter(self.settled))]
+        while self.settled_order and self.settled_order[0][0] <= now:
+            self.settled.discard(self.settled_order.popleft()[1])
 
     def expire_leases(self, now: int) -> None:
         """Leases (and their holds) of requests nobody renews: a crashed replica's. Scanned only
@@ -217,7 +220,8 @@ class MemoryLimits:
         account = self._account(ask.account, now)
         if ask.request_id in account.settled:
             return
-        account.settled[ask.request_id] = now + SETTLED_MS
+        account.settled.add(ask.request_id)
+        account.settled_order.append((now + SETTLED_MS, ask.request_id))
         account.drop_lease(ask.request_id)
         if in_window(grant.bucket, now):
             account.add_tokens(grant.bucket, tokens - ask.tokens)

@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from stepflash.gate.limits import Ask, Grant, LimitBackend, Refusal, RefusalReason, TierLimits
-from stepflash.gate.memory_limits import MemoryLimits
+from stepflash.gate.memory_limits import SETTLED_MS, MemoryLimits
 from stepflash.gate.redis_limits import RedisLimits
 from tests.services import RedisServer
 
@@ -294,6 +294,31 @@ def test_settle_is_idempotent(backends: Backends) -> None:
         )
 
     backends.run(scenario)
+
+
+def test_memory_limits_forget_settled_ids_oldest_first_after_two_minutes() -> None:
+    """The ids that make `settle` idempotent are dropped, oldest first, once two minutes
+    old, so an account's records stay bounded whatever its traffic."""
+
+    async def scenario() -> None:
+        backend = MemoryLimits()
+        clock = [backend._now()]
+        backend._now = lambda: clock[0]  # type: ignore[method-assign]
+        grants = []
+        for _ in range(5):
+            grants.append(await granted(backend, ask()))
+            await backend.settle(grants[-1], 10, 0)
+            clock[0] += 1000
+        account = backend._accounts["acct"]
+        assert account.settled == {grant.ask.request_id for grant in grants}
+        clock[0] += SETTLED_MS - 5000 + 1500  # the first two are now older than two minutes
+        await granted(backend, ask())
+        assert account.settled == {grant.ask.request_id for grant in grants[2:]}
+        assert [request_id for _, request_id in account.settled_order] == [
+            grant.ask.request_id for grant in grants[2:]
+        ]
+
+    asyncio.run(scenario())
 
 
 def test_settle_after_the_lease_expired_still_corrects_tokens_once(backends: Backends) -> None:
