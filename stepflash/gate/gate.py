@@ -200,8 +200,12 @@ class Admission:
 
 def _report_failure(settled: asyncio.Future[None]) -> None:
     """Settlements are not awaited; one that fails (Redis down) is logged, and the lease it
-    could not free expires on its own."""
-    settled.add_done_callback(_log_settle_failure)
+    could not free expires on its own. One already done (in-process limits) is looked at now
+    rather than in a callback of the next loop turn."""
+    if settled.done():
+        _log_settle_failure(settled)
+    else:
+        settled.add_done_callback(_log_settle_failure)
 
 
 def _log_settle_failure(settled: asyncio.Future[None]) -> None:
