@@ -233,7 +233,9 @@ class MemoryLimits:
         return self._epoch_ms + (time.monotonic_ns() - self._epoch_ns) // 1_000_000
 
     def _account(self, account_id: str, now: int) -> _Account:
-        account = self._accounts.setdefault(account_id, _Account())
+        account = self._accounts.get(account_id)
+        if account is None:  # not setdefault: that would build a spare _Account every call
+            account = self._accounts[account_id] = _Account()
         account.prune(now)
         return account
 
