@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from stepflash.accounts.database import (
+    BatchInsert,
     BatchWriteError,
     Database,
     DatabaseError,
@@ -102,6 +103,40 @@ def test_concurrent_charges_commit_together_and_move_balances_exactly(url: str) 
             totals = await store.totals(account)
             assert totals is not None
             assert (totals.balance, totals.topup_total) == (TOPUP - charges, TOPUP)
+
+    run(url, scenario)
+
+
+def test_while_charges_keep_coming_commits_start_a_group_interval_apart(url: str) -> None:
+    """Charges arriving within `group_seconds` of the last commit's start share the next
+    commit, which waits for that interval; a charge after a quiet spell is written at once."""
+
+    async def scenario(database: Database, _store: AccountStore) -> None:
+        loop = asyncio.get_running_loop()
+        commits: list[tuple[float, int]] = []  # (when it began, rows)
+        insert_many = database.insert_many
+
+        async def recording(batch: BatchInsert, rows: list[tuple[object, ...]]) -> None:
+            commits.append((loop.time(), len(rows)))
+            await insert_many(batch, rows)
+
+        database.insert_many = recording  # type: ignore[method-assign]
+        writer = LedgerWriter(database, batch_max=16, group_seconds=0.5)
+        await writer.start()
+        await committed(writer, usage("alice", "first", 1))
+        following = []
+        for i in range(5):
+            following.append(asyncio.ensure_future(committed(writer, usage("alice", f"n{i}", 1))))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*following)
+        await asyncio.sleep(0.6)  # quiet
+        submitted = loop.time()
+        await committed(writer, usage("alice", "after-quiet", 1))
+        await writer.aclose()
+        assert [size for _, size in commits] == [1, 5, 1]
+        assert commits[1][0] - commits[0][0] >= 0.49
+        assert commits[2][0] - submitted < 0.25
+        assert await rows(database, "alice") == (1 + 7, TOPUP - 7)
 
     run(url, scenario)
 
