@@ -27,7 +27,6 @@ import hashlib
 import mimetypes
 import os
 import re
-import secrets
 import struct
 import tempfile
 import time
@@ -47,6 +46,7 @@ from stepflash.accounts.schema import accounts, files
 from stepflash.accounts.storage_fees import StorageFees, StoredFile
 from stepflash.config import FileSettings
 from stepflash.core.errors import ErrorKind, StepflashError, invalid
+from stepflash.core.ids import time_ordered_id
 from stepflash.media.rejection import MediaRejected
 
 PURPOSES = ("file-extract", "retrieval-text", "retrieval-image", "storage")
@@ -297,12 +297,6 @@ class FileRecord:
         return cls(**row._mapping)
 
 
-def new_file_id(moment: float) -> str:
-    """`file-`, the upload's millisecond in 12 hex digits, then 48 random bits: ids sort in
-    upload order, which breaks ties between files listed by their whole-second `created_at`."""
-    return f"file-{int(moment * 1000):012x}{secrets.token_hex(6)}"
-
-
 def _not_found(file_id: str) -> StepflashError:
     return StepflashError(ErrorKind.NOT_FOUND, f"No such file: {file_id!r}", param="file_id")
 
@@ -365,7 +359,7 @@ class FileService:
         family, media_type = await asyncio.to_thread(identify, source, name)
         _check_type(purpose, family, media_type)
         moment = self._clock()
-        file_id = new_file_id(moment)
+        file_id = time_ordered_id("file-", moment)
         blob = await self._blobs.put(file_id, source)
         now = int(moment)
         record = FileRecord(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -11,6 +10,7 @@ from starlette.responses import Response
 from stepflash.api.body import body_schema, parse_body
 from stepflash.api.respond import ERROR_RESPONSES, respond
 from stepflash.core.errors import StepflashError
+from stepflash.core.ids import time_ordered_id
 from stepflash.protocol import openai
 from stepflash.protocol.sse import sse_event
 from stepflash.serving.chat import OpenedStream
@@ -30,7 +30,7 @@ def _error_frame(error: StepflashError) -> bytes:
 )
 async def create_chat_completion(request: Request) -> Response:
     body = await parse_body(request, openai.ChatCompletionRequest)
-    completion_id = f"chatcmpl-{secrets.token_hex(12)}"
+    completion_id = time_ordered_id("chatcmpl-")
     encoder = openai.ChatCompletionEncoder(body, completion_id)
 
     async def frames(stream: OpenedStream) -> AsyncIterator[bytes]:

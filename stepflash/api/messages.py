@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -14,6 +13,7 @@ from stepflash.api.files import account_files
 from stepflash.api.heartbeat import with_heartbeat
 from stepflash.api.respond import ERROR_RESPONSES, respond
 from stepflash.core.errors import StepflashError
+from stepflash.core.ids import time_ordered_id
 from stepflash.protocol import anthropic
 from stepflash.protocol.signature import ThinkingSigner
 from stepflash.protocol.sse import sse_event
@@ -38,7 +38,7 @@ def _error_frame(error: StepflashError) -> bytes:
 )
 async def create_message(request: Request) -> Response:
     body = await parse_body(request, anthropic.MessagesRequest)
-    message_id = f"msg_{secrets.token_hex(12)}"
+    message_id = time_ordered_id("msg_")
     signer = _signer(request)
     encoder = anthropic.MessagesEncoder(body, message_id, signer)
     ping_seconds = request.app.state.settings.anthropic_ping_seconds
