@@ -114,8 +114,8 @@ class LedgerWriter:
     committing groups that share accounts lock them in the same order and never deadlock.
 
     While entries keep coming, a commit starts at least `group_seconds` after the one before
-    it (unless `batch_max` rows are already waiting): fewer, larger groups, so fewer fsyncs
-    per request. An entry that arrives after a quiet spell is committed at once.
+    it (a group that already holds `batch_max` rows goes at once): fewer, larger groups, so
+    fewer fsyncs per request. An entry that arrives after a quiet spell is committed at once.
     """
 
     RETRY_SECONDS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
