@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import pexpect
@@ -23,6 +24,9 @@ def chat(tiny_server: LiveServer):
         encoding="utf-8",
         timeout=60,
         dimensions=(40, 200),
+        # A test run started in the background inherits SIGINT ignored, and Python keeps an
+        # ignored SIGINT ignored: the chat would never see the Ctrl-C the test sends.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         env={
             "PATH": "/usr/bin:/bin",
             "TERM": "xterm",
