@@ -2,8 +2,9 @@
 PostgreSQL + Redis (two replicas' worth of shared state, one replica measured).
 
 One run, one machine: the fast upstream (64 tokens per answer), the load generator, and
-PostgreSQL/Redis share CPU core 1; the three stepflash gateways run side by side on core 0 and
-are loaded one at a time, in short cells whose order rotates each round. "disabled" is
+PostgreSQL/Redis share CPU core 1; the three stepflash gateways run side by side on core 0,
+started afresh every round, and are loaded one at a time, in short cells whose order rotates
+each round. "disabled" is
 stepflash with no API key in its database (open on 127.0.0.1: no authentication, limits or
 billing). With accounts, every request is authenticated, admitted (concurrency, RPM, TPM,
 balance hold), charged in the ledger (durably, before the response's last byte) and settled.
@@ -227,10 +228,10 @@ def _summary(rows: list[dict], meta: dict) -> str:
         "",
         f"- date: {meta['date']}",
         f"- machine: {meta['machine']}",
-        "- all three gateways on core 0, loaded one at a time; upstream, load, PostgreSQL and "
-        f"Redis on core 1; {meta['rounds']} rounds of {meta['seconds']}s per cell after a "
-        f"{meta['warmup']}s warm-up, setups in a rotated order each round; concurrency "
-        f"{meta['concurrency']}, 64 tokens per answer",
+        "- all three gateways on core 0 (new processes every round), loaded one at a time; "
+        f"upstream, load, PostgreSQL and Redis on core 1; {meta['rounds']} rounds of "
+        f"{meta['seconds']}s per cell after a {meta['warmup']}s warm-up, setups in a rotated "
+        f"order each round; concurrency {meta['concurrency']}, 64 tokens per answer",
         "- cost = 1 - setup ÷ disabled, paired within each round (the machine's speed drifts "
         "between rounds; within one it is shared); the verdict is on the median round",
         "",
@@ -288,14 +289,19 @@ def main() -> None:
             )
         )
         config = _config(tmp / "stepflash.toml", upstream)
-        gateways = [
-            stack.enter_context(
-                _gateway(name, config, {"STEPFLASH_DATA_DIR": str(tmp / name), **env}, key)
-            )
-            for name, (env, key) in _setups(tmp, stack).items()
-        ]
+        setups = _setups(tmp, stack)
         for number in range(args.rounds):
-            rows += _round(number, gateways, args.seconds, args.warmup, args.concurrency)
+            # Fresh gateway processes every round: two identical processes can differ by a
+            # few percent for the whole of their lives (memory layout), which pairing within
+            # a round cannot cancel; new processes each round average it out instead.
+            with ExitStack() as round_stack:
+                gateways = [
+                    round_stack.enter_context(
+                        _gateway(name, config, {"STEPFLASH_DATA_DIR": str(tmp / name), **env}, key)
+                    )
+                    for name, (env, key) in setups.items()
+                ]
+                rows += _round(number, gateways, args.seconds, args.warmup, args.concurrency)
     meta = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{os.cpu_count()} CPUs, {platform.platform()}, "
