@@ -336,10 +336,11 @@ class AccountSettings(_Section):
         None,
         ge=0,
         le=1000,
-        description="Under load, the least time between the starts of two ledger commits: "
-        "fewer, larger groups cost fewer fsyncs, and each request waits for its group up to "
-        "this much longer. Default: 25 on SQLite (its fsync runs in this process), "
-        "0 on PostgreSQL (the server's).",
+        description="While the server is busy, the least time between the starts of two "
+        "ledger commits: fewer, larger groups cost fewer fsyncs, and each request waits for its "
+        "group up to this much longer. A group goes at once when the server has nothing else "
+        "to do. Default: 25 on SQLite (its fsync runs in this process), 0 on PostgreSQL "
+        "(the server's).",
     )
     usage_rows: int = Field(10_000, ge=1, description="Rows a usage report returns, at most.")
 
