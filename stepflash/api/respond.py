@@ -74,18 +74,18 @@ async def respond(
                 canonical, admission, account_files(request)
             )
             headers = {**backend_headers(opened), **headers}
-            if admission is not None:
-                headers.update(admission.headers)
             if stream:
                 # From here on Starlette cancels the stream if the client goes away.
-                return StreamingResponse(
+                response: Response = StreamingResponse(
                     _guarded(frames(opened), error_frame),
                     media_type="text/event-stream",
                     headers=headers,
                 )
-            completion = await accumulate(aiter(opened))
+            else:
+                completion = await accumulate(aiter(opened))
+                response = FastJSONResponse(body(completion), headers=headers)
     except ClientDisconnected:
         return Response(status_code=499)
-    if admission is not None:
-        headers.update(admission.cost_headers())
-    return FastJSONResponse(body(completion), headers=headers)
+    if admission is not None:  # a whole answer is settled by now, and says what it cost
+        response.raw_headers.extend(admission.headers())
+    return response

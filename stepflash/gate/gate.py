@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import lru_cache
 
 from stepflash.accounts.ledger import EntryKind, LedgerEntry, LedgerWriter
 from stepflash.accounts.pricing import PriceList, format_money
@@ -45,26 +46,35 @@ def estimate_prompt_tokens(request: ChatRequest, media_part_tokens: int) -> int:
     return text_bytes // BYTES_PER_TOKEN_ESTIMATE + messages + media_parts * media_part_tokens
 
 
-def limit_headers(
-    limits: TierLimits, remaining_requests: int, remaining_tokens: int
-) -> dict[str, str]:
+Headers = list[tuple[bytes, bytes]]  # as an ASGI response carries them: lower-case, encoded
+
+
+@lru_cache(maxsize=64)
+def _tier_headers(limits: TierLimits) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers a tier's limits alone decide, encoded once per tier rather than per
+    response (they are on every billed response)."""
+    return (
+        (b"x-ratelimit-limit-requests", b"%d" % limits.requests_per_minute),
+        (b"x-ratelimit-limit-tokens", b"%d" % limits.tokens_per_minute),
+        (b"x-ratelimit-limit-concurrency", b"%d" % limits.concurrency),
+    )
+
+
+def limit_headers(limits: TierLimits, remaining_requests: int, remaining_tokens: int) -> Headers:
     """OpenAI's `x-ratelimit-*` names, plus the concurrency limit StepFun's tiers add."""
-    return {
-        "x-ratelimit-limit-requests": str(limits.requests_per_minute),
-        "x-ratelimit-remaining-requests": str(remaining_requests),
-        "x-ratelimit-limit-tokens": str(limits.tokens_per_minute),
-        "x-ratelimit-remaining-tokens": str(remaining_tokens),
-        "x-ratelimit-limit-concurrency": str(limits.concurrency),
-    }
+    return [
+        *_tier_headers(limits),
+        (b"x-ratelimit-remaining-requests", b"%d" % remaining_requests),
+        (b"x-ratelimit-remaining-tokens", b"%d" % remaining_tokens),
+    ]
 
 
-def grant_headers(grant: Grant) -> dict[str, str]:
+def grant_headers(grant: Grant) -> Headers:
     """What an admitted request's response says: its limits, what is left, and when more is."""
-    return {
-        **limit_headers(grant.ask.limits, grant.remaining_requests, grant.remaining_tokens),
-        "x-ratelimit-reset-requests": f"{grant.reset_requests_seconds:.3f}s",
-        "x-ratelimit-reset-tokens": f"{grant.reset_tokens_seconds:.3f}s",
-    }
+    headers = limit_headers(grant.ask.limits, grant.remaining_requests, grant.remaining_tokens)
+    headers.append((b"x-ratelimit-reset-requests", b"%.3fs" % grant.reset_requests_seconds))
+    headers.append((b"x-ratelimit-reset-tokens", b"%.3fs" % grant.reset_tokens_seconds))
+    return headers
 
 
 _REFUSALS = {
@@ -84,7 +94,12 @@ def refusal_error(refusal: Refusal, ask: Ask, currency: str) -> StepflashError:
             code="insufficient_balance",
         )
     what = _REFUSALS[refusal.reason]
-    headers = limit_headers(ask.limits, refusal.remaining_requests, refusal.remaining_tokens)
+    headers = {
+        name.decode(): value.decode()
+        for name, value in limit_headers(
+            ask.limits, refusal.remaining_requests, refusal.remaining_tokens
+        )
+    }
     return StepflashError(
         ErrorKind.RATE_LIMITED,
         f"rate limit reached: {refusal.limit} {what} for this account's tier; "
@@ -147,17 +162,13 @@ class Admission:
         self.cost: int | None = None  # micro-units, once settled
         self._finished = False
 
-    @property
-    def headers(self) -> dict[str, str]:
-        return grant_headers(self.grant)
-
-    def cost_headers(self) -> dict[str, str]:
-        if self.cost is None:
-            return {}
-        return {
-            "x-stepflash-cost": format_money(self.cost),
-            "x-stepflash-currency": self._gate.prices.currency,
-        }
+    def headers(self) -> Headers:
+        """The limits' headers, and once settled, the request's cost."""
+        headers = grant_headers(self.grant)
+        if self.cost is not None:
+            headers.append((b"x-stepflash-cost", format_money(self.cost).encode()))
+            headers.append((b"x-stepflash-currency", self._gate.prices.currency.encode()))
+        return headers
 
     async def settle(self, model: str, usage: Usage | None, media_tokens: int) -> None:
         """Charge what the engine reported and wait until the charge is durable.

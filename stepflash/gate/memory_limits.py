@@ -59,13 +59,18 @@ class RunningGrants:
         self._task: asyncio.Task[None] | None = None
 
     def add(self, ask: Ask) -> None:
-        self._by_account.setdefault(ask.account, set()).add(ask.request_id)
+        ids = self._by_account.get(ask.account)
+        if ids is None:  # not setdefault: that would build a spare set every call
+            ids = self._by_account[ask.account] = set()
+        ids.add(ask.request_id)
 
     def discard(self, ask: Ask) -> None:
-        ids = self._by_account.get(ask.account, set())
+        ids = self._by_account.get(ask.account)
+        if ids is None:
+            return
         ids.discard(ask.request_id)
         if not ids:
-            self._by_account.pop(ask.account, None)
+            del self._by_account[ask.account]
 
     async def start(self) -> None:
         if self._task is None:
@@ -252,24 +257,28 @@ class MemoryLimits:
     def _first_refusal(account: _Account, ask: Ask, now: int) -> Refusal | None:
         limits = ask.limits
         used = account.tokens_total
-
-        def refuse(reason: RefusalReason, wait_ms: int, limit: int) -> Refusal:
-            remaining_requests = max(limits.requests_per_minute - len(account.requests), 0)
-            remaining_tokens = max(limits.tokens_per_minute - used, 0)
-            return Refusal(reason, wait_ms / 1000, limit, remaining_requests, remaining_tokens)
-
         if len(account.leases) >= limits.concurrency:
-            wait = account.concurrency_wait_ms(now)
-            return refuse(RefusalReason.CONCURRENCY, wait, limits.concurrency)
-        if len(account.requests) >= limits.requests_per_minute:
-            wait = account.requests_wait_ms(now)
-            return refuse(RefusalReason.REQUESTS, wait, limits.requests_per_minute)
-        if used + ask.tokens > limits.tokens_per_minute:
+            reason, wait, limit = (
+                RefusalReason.CONCURRENCY,
+                account.concurrency_wait_ms(now),
+                limits.concurrency,
+            )
+        elif len(account.requests) >= limits.requests_per_minute:
+            reason, wait, limit = (
+                RefusalReason.REQUESTS,
+                account.requests_wait_ms(now),
+                limits.requests_per_minute,
+            )
+        elif used + ask.tokens > limits.tokens_per_minute:
             wait = tokens_wait_ms(account.buckets, now, ask.tokens, limits.tokens_per_minute)
-            return refuse(RefusalReason.TOKENS, wait, limits.tokens_per_minute)
-        if ask.balance - account.held() < ask.hold:
-            return refuse(RefusalReason.BALANCE, 0, ask.balance)
-        return None
+            reason, limit = RefusalReason.TOKENS, limits.tokens_per_minute
+        elif ask.balance - account.held() < ask.hold:
+            reason, wait, limit = RefusalReason.BALANCE, 0, ask.balance
+        else:
+            return None
+        remaining_requests = max(limits.requests_per_minute - len(account.requests), 0)
+        remaining_tokens = max(limits.tokens_per_minute - used, 0)
+        return Refusal(reason, wait / 1000, limit, remaining_requests, remaining_tokens)
 
     def _admit(self, account: _Account, ask: Ask, now: int) -> Grant:
         limits = ask.limits

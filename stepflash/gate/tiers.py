@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 from stepflash.accounts.pricing import to_micro
 from stepflash.config import Tier
 from stepflash.gate.limits import TierLimits
@@ -18,11 +20,7 @@ class TierTable:
 
     def index(self, topup_total: int) -> int:
         """The highest tier whose threshold `topup_total` (micro-units) has reached."""
-        reached = 0
-        for index, threshold in enumerate(self._thresholds):
-            if topup_total >= threshold:
-                reached = index
-        return reached
+        return max(bisect_right(self._thresholds, topup_total) - 1, 0)
 
     def name(self, topup_total: int) -> str:
         return self._tiers[self.index(topup_total)].name
