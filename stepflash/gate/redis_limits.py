@@ -2,7 +2,8 @@
 
 Each operation is one Lua script, so it is atomic on the server; scripts are loaded once and run
 by EVALSHA. The operations that concurrent requests start in one turn of the event loop go to
-Redis together, in one pipeline: one round trip and one wake-up for many requests. Scripts
+Redis together, in one pipeline (`stepflash.gate.redis_scripts`): one round trip and one
+wake-up for many requests. Scripts
 read the time with `redis.call('TIME')`, so replicas whose clocks
 disagree still agree on every lease, window and bucket. The rules are those of `MemoryLimits`
 (see `stepflash.gate.memory_limits`), whose constants the scripts receive as arguments.
@@ -26,16 +27,9 @@ so an idle account leaves nothing behind. Needs Redis 5 or later (scripts that w
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass
-from typing import Any
 
-from hiredis import pack_command
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stepflash.gate.limits import Ask, Grant, Refusal, RefusalReason
 from stepflash.gate.memory_limits import (
@@ -46,6 +40,7 @@ from stepflash.gate.memory_limits import (
     Running,
     RunningGrants,
 )
+from stepflash.gate.redis_scripts import ScriptPipeline
 
 _CLOCK = """
 local time = redis.call('TIME')
@@ -200,106 +195,6 @@ class _AccountKeys:
 
 _REFUSALS = list(RefusalReason)  # reply codes 1-4, in the order the checks run
 
-_Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]
-
-
-class ScriptPipeline:
-    """Runs scripts by EVALSHA, batching the calls made in one turn of the event loop.
-
-    A batch is packed by hiredis (in C) and written to one pooled connection, and its replies
-    are read in order: redis-py's `Pipeline` packs every argument in Python, which cost more
-    than everything else a billed request does. A batch that fails on its connection is sent
-    once more on a fresh one, which is safe because every script is idempotent per request id.
-    """
-
-    def __init__(self, client: Redis, *scripts: str) -> None:
-        self._client = client
-        self._scripts = scripts
-        self._shas: dict[str, str] = {}
-        self._queue: list[_Call] = []
-        self._flushing: set[asyncio.Task[None]] = set()
-
-    def submit(self, script: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        """Queue a call for this turn's pipeline; the future holds its reply."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((script, keys, args, future))
-        if len(self._queue) == 1:
-            asyncio.get_running_loop().call_soon(self._flush_soon)
-        return future
-
-    async def drain(self) -> None:
-        """Wait until every call submitted so far has its reply (before closing the client)."""
-        await asyncio.sleep(0)  # the current turn's batch leaves
-        while self._flushing:
-            await asyncio.wait(set(self._flushing))
-
-    def _flush_soon(self) -> None:
-        batch, self._queue = self._queue, []
-        task = asyncio.create_task(self._flush(batch))
-        self._flushing.add(task)  # a strong reference until it is done
-        task.add_done_callback(self._flushing.discard)
-
-    async def _flush(self, batch: list[_Call]) -> None:
-        try:
-            replies = await self._execute(batch)
-        except Exception as error:  # the connection failed: every caller learns it
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        for (*_, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
-
-    async def _execute(self, batch: list[_Call]) -> list[Any]:
-        if not self._shas:
-            await self._load()
-        replies = await self._send_retrying(batch)
-        if any(isinstance(reply, NoScriptError) for reply in replies):
-            await self._load()  # Redis restarted or was flushed: load the scripts again, once
-            replies = await self._send_retrying(batch)
-        return replies
-
-    async def _load(self) -> None:
-        for script in self._scripts:
-            self._shas[script] = await self._client.script_load(script)
-
-    async def _send_retrying(self, batch: list[_Call]) -> list[Any]:
-        try:
-            return await self._send(batch)
-        except (RedisConnectionError, RedisTimeoutError, TimeoutError):
-            return await self._send(batch)  # a stale pooled connection: once more, afresh
-
-    async def _send(self, batch: list[_Call]) -> list[Any]:
-        packed = b"".join(
-            pack_command(("EVALSHA", self._shas[script], len(keys), *keys, *args))
-            for script, keys, args, _ in batch
-        )
-        pool = self._client.connection_pool
-        connection = await pool.get_connection()
-        try:
-            async with asyncio.timeout(connection.socket_timeout):  # for the batch, not per reply
-                await connection.send_packed_command(packed, check_health=False)
-                return [await _reply(connection) for _ in batch]
-        except BaseException:
-            await connection.disconnect()  # replies may be left unread: never reuse it
-            raise
-        finally:
-            await pool.release(connection)
-
-
-async def _reply(connection: AbstractConnection) -> Any:
-    """The next reply on `connection`; an error reply is returned, not raised, so that the
-    replies after it are still read."""
-    try:
-        return await connection.read_response(timeout=math.inf)
-    except ResponseError as error:
-        return error
-
 
 class RedisLimits:
     """Per-account limits and balance holds shared by every replica using one Redis.
@@ -351,7 +246,7 @@ class RedisLimits:
 
     async def aclose(self) -> None:
         await self._running.aclose()
-        await self._scripts.drain()
+        await self._scripts.aclose()
         if self._owns_client:
             await self._client.aclose()
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from stepflash.gate.limits import Ask, Grant, LimitBackend, Refusal, RefusalReason, TierLimits
 from stepflash.gate.memory_limits import SETTLED_MS, MemoryLimits
@@ -495,6 +496,56 @@ def test_redis_calls_survive_a_dropped_connection(redis_server: RedisServer) -> 
             await granted(backend, ask())
         finally:
             await backend.aclose()
+            await admin.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), SCENARIO_SECONDS))
+
+
+def test_redis_scripts_are_loaded_again_after_a_script_flush(redis_server: RedisServer) -> None:
+    """Redis restarted or was flushed: the scripts are gone, and the calls still run."""
+
+    async def scenario() -> None:
+        backend = RedisLimits.from_url(redis_server.url, prefix=f"test-{uuid.uuid4().hex}")
+        admin = Redis.from_url(redis_server.url)
+        try:
+            grant = await granted(backend, ask())
+            await admin.script_flush()
+            await backend.settle(grant, 10, 0)
+            await asyncio.gather(*(granted(backend, ask()) for _ in range(3)))
+        finally:
+            await backend.aclose()
+            await admin.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), SCENARIO_SECONDS))
+
+
+def test_redis_limits_log_in_and_select_the_database_of_their_url(
+    redis_server: RedisServer,
+) -> None:
+    """A URL's user, password and database are used: the keys land in that database."""
+
+    async def scenario() -> None:
+        admin = Redis.from_url(redis_server.url)
+        user, password = f"limits-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+        await admin.acl_setuser(
+            user, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all"]
+        )
+        url = f"redis://{user}:{password}@127.0.0.1:{redis_server.port}/3"
+        prefix = f"test-{uuid.uuid4().hex}"
+        backend = RedisLimits.from_url(url, prefix=prefix)
+        in_db3 = Redis.from_url(url)
+        try:
+            await granted(backend, ask(account="acme"))
+            assert await in_db3.zcard(f"{prefix}:{{acme}}:conc") == 1
+            assert await admin.zcard(f"{prefix}:{{acme}}:conc") == 0  # not in database 0
+            wrong = RedisLimits.from_url(url.replace(password, "wrong"), prefix=prefix)
+            with pytest.raises(ResponseError, match="WRONGPASS"):
+                await wrong.reserve(ask())
+            await wrong.aclose()
+        finally:
+            await backend.aclose()
+            await in_db3.aclose()
+            await admin.acl_deluser(user)
             await admin.aclose()
 
     asyncio.run(asyncio.wait_for(scenario(), SCENARIO_SECONDS))
