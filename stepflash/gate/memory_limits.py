@@ -46,31 +46,14 @@ RETRY_MAX_MS = 1_000
 Running = Mapping[str, Set[str]]  # account -> ids of its requests this process is running
 
 
-class RunningGrants:
-    """The requests this process admitted and has not settled, and the task renewing their leases.
+class LeaseRenewal:
+    """Renews the leases of this process's running requests every third of a lease, so one
+    late or failed renewal does not lose a lease."""
 
-    Renewal runs every third of a lease, so one late or failed renewal does not lose a lease.
-    """
-
-    def __init__(self, lease_seconds: float, renew: Callable[[Running], Awaitable[None]]) -> None:
+    def __init__(self, lease_seconds: float, renew: Callable[[], Awaitable[None]]) -> None:
         self._period = lease_seconds / 3
         self._renew = renew
-        self._by_account: dict[str, set[str]] = {}
         self._task: asyncio.Task[None] | None = None
-
-    def add(self, ask: Ask) -> None:
-        ids = self._by_account.get(ask.account)
-        if ids is None:  # not setdefault: that would build a spare set every call
-            ids = self._by_account[ask.account] = set()
-        ids.add(ask.request_id)
-
-    def discard(self, ask: Ask) -> None:
-        ids = self._by_account.get(ask.account)
-        if ids is None:
-            return
-        ids.discard(ask.request_id)
-        if not ids:
-            del self._by_account[ask.account]
 
     async def start(self) -> None:
         if self._task is None:
@@ -87,11 +70,35 @@ class RunningGrants:
         """Renew until cancelled; a failure (say Redis restarting) is logged and retried."""
         while True:
             await asyncio.sleep(self._period)
-            running = {account: frozenset(ids) for account, ids in self._by_account.items()}
             try:
-                await self._renew(running)
+                await self._renew()
             except Exception:
                 log.exception("renewing leases failed; retrying in %gs", self._period)
+
+
+class RunningGrants:
+    """The requests this process admitted and has not settled: the leases it must renew in a
+    store that other replicas share."""
+
+    def __init__(self) -> None:
+        self._by_account: dict[str, set[str]] = {}
+
+    def add(self, ask: Ask) -> None:
+        ids = self._by_account.get(ask.account)
+        if ids is None:  # not setdefault: that would build a spare set every call
+            ids = self._by_account[ask.account] = set()
+        ids.add(ask.request_id)
+
+    def discard(self, ask: Ask) -> None:
+        ids = self._by_account.get(ask.account)
+        if ids is None:
+            return
+        ids.discard(ask.request_id)
+        if not ids:
+            del self._by_account[ask.account]
+
+    def snapshot(self) -> Running:
+        return {account: frozenset(ids) for account, ids in self._by_account.items()}
 
 
 def in_window(second: int, now: int) -> bool:
@@ -196,15 +203,15 @@ class MemoryLimits:
         self._lease_ms = round(lease_seconds * 1000)
         self._pending_ms = round(pending_seconds * 1000)
         self._accounts: dict[str, _Account] = {}
-        self._running = RunningGrants(lease_seconds, self._renew)
+        self._renewal = LeaseRenewal(lease_seconds, self._renew)
         self._epoch_ms = time.time_ns() // 1_000_000
         self._epoch_ns = time.monotonic_ns()
 
     async def start(self) -> None:
-        await self._running.start()
+        await self._renewal.start()
 
     async def aclose(self) -> None:
-        await self._running.aclose()
+        await self._renewal.aclose()
 
     async def reserve(self, ask: Ask) -> Grant | Refusal:
         now = self._now()
@@ -220,10 +227,9 @@ class MemoryLimits:
 
     def _settle(self, grant: Grant, tokens: int, charged: int) -> None:
         ask = grant.ask
-        self._running.discard(ask)
         now = self._now()
-        account = self._account(ask.account, now)
-        if ask.request_id in account.settled:
+        account = self._accounts.get(ask.account)
+        if account is None or ask.request_id in account.settled:  # nothing reserved, or done
             return
         account.settled.add(ask.request_id)
         account.settled_order.append((now + SETTLED_MS, ask.request_id))
@@ -288,7 +294,6 @@ class MemoryLimits:
         account.running_total += ask.hold
         account.requests.append(now)
         account.add_tokens(bucket, ask.tokens)
-        self._running.add(ask)
         return Grant(
             ask=ask,
             bucket=bucket,
@@ -301,9 +306,9 @@ class MemoryLimits:
             / 1000,
         )
 
-    async def _renew(self, running: Running) -> None:
+    async def _renew(self) -> None:
+        """Every lease here is this process's own: renew those still live."""
         now = self._now()
-        for account_id, request_ids in running.items():
-            account = self._accounts[account_id]
-            for request_id in request_ids:
+        for account in self._accounts.values():
+            for request_id in list(account.leases):
                 account.renew(request_id, now, now + self._lease_ms)

@@ -37,7 +37,7 @@ from stepflash.gate.memory_limits import (
     RETRY_MIN_MS,
     SETTLED_MS,
     WINDOW_MS,
-    Running,
+    LeaseRenewal,
     RunningGrants,
 )
 from stepflash.gate.redis_scripts import ScriptPipeline
@@ -220,7 +220,8 @@ class RedisLimits:
         self._ttl_ms = WINDOW_MS + self._lease_ms + self._pending_ms
         self._scripts = ScriptPipeline(client, RESERVE, SETTLE, RENEW)
         self._key_cache: dict[str, _AccountKeys] = {}
-        self._running = RunningGrants(lease_seconds, self._renew)
+        self._running = RunningGrants()
+        self._renewal = LeaseRenewal(lease_seconds, self._renew)
 
     @classmethod
     def from_url(
@@ -242,10 +243,10 @@ class RedisLimits:
         return limits
 
     async def start(self) -> None:
-        await self._running.start()
+        await self._renewal.start()
 
     async def aclose(self) -> None:
-        await self._running.aclose()
+        await self._renewal.aclose()
         await self._scripts.aclose()
         if self._owns_client:
             await self._client.aclose()
@@ -314,8 +315,8 @@ class RedisLimits:
             self._key_cache[account] = keys
         return keys
 
-    async def _renew(self, running: Running) -> None:
-        for account, request_ids in running.items():
+    async def _renew(self) -> None:
+        for account, request_ids in self._running.snapshot().items():
             await self._scripts.submit(
                 RENEW,
                 keys=self._keys(account, "conc", "holds", "holdexp"),
