@@ -61,20 +61,28 @@ class Authenticator:
         self._closed = False  # a key has existed: authentication is on for good
 
     async def authenticate(self, secret: str | None) -> Principal:
-        if await self._is_open():
+        """On every request: the cached paths below do not await, which would cost a
+        coroutine each."""
+        if not self._closed and await self._is_open():
             return OPEN_PRINCIPAL
         if not secret:
             raise _refused("no API key: send it as `Authorization: Bearer KEY` or in `x-api-key`")
         if len(secret) > MAX_KEY_LENGTH:
             raise _refused("invalid API key")
-        principal = await self._principal(secret)
+        now = time.monotonic()
+        secret_digest = digest(secret)  # the cache holds digests, never secrets
+        cached = self._keys.get(secret_digest)
+        if cached is not None and cached[0] > now:
+            principal = cached[1]
+        else:
+            principal = await self._once(
+                ("key", secret_digest), lambda: self._look_up(secret, secret_digest, now)
+            )
         if principal is None:
             raise _refused("invalid or revoked API key")
         return principal
 
     async def _is_open(self) -> bool:
-        if self._closed:
-            return False
         now = time.monotonic()
         if now < self._open_until:
             return True
@@ -86,16 +94,6 @@ class Authenticator:
             return False
         self._open_until = now + self._ttl
         return True
-
-    async def _principal(self, secret: str) -> Principal | None:
-        now = time.monotonic()
-        secret_digest = digest(secret)  # the cache holds digests, never secrets
-        cached = self._keys.get(secret_digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        return await self._once(
-            ("key", secret_digest), lambda: self._look_up(secret, secret_digest, now)
-        )
 
     async def _look_up(self, secret: str, secret_digest: str, now: float) -> Principal | None:
         record = await self._store.lookup_key(secret)
