@@ -56,6 +56,7 @@ class Grant:
     remaining_tokens: int
     reset_requests_seconds: float  # until a request slot frees in the minute window
     reset_tokens_seconds: float  # until the token window has room for this much again
+    settled: bool = False  # set by the in-process backend's first `settle`
 
 
 class RefusalReason(StrEnum):

@@ -7,6 +7,7 @@ per test, and `Backends.replica` gives a second replica sharing the first one's 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import uuid
 from collections import Counter
@@ -14,11 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from stepflash.gate.limits import Ask, Grant, LimitBackend, Refusal, RefusalReason, TierLimits
-from stepflash.gate.memory_limits import SETTLED_MS, MemoryLimits
+from stepflash.gate.memory_limits import COMPACT_AFTER, WINDOW_MS, MemoryLimits, TimeLog
 from stepflash.gate.redis_limits import RedisLimits
 from tests.services import RedisServer
 
@@ -297,29 +300,49 @@ def test_settle_is_idempotent(backends: Backends) -> None:
     backends.run(scenario)
 
 
-def test_memory_limits_forget_settled_ids_oldest_first_after_two_minutes() -> None:
-    """The ids that make `settle` idempotent are dropped, oldest first, once two minutes
-    old, so an account's records stay bounded whatever its traffic."""
+def test_memory_limits_keep_nothing_per_settled_request_but_its_admission_time() -> None:
+    """A settled request leaves its admission time in the minute's log (it still counts) and,
+    while charged, one pending amount; nothing else. Its time leaves the log after a minute."""
 
     async def scenario() -> None:
-        backend = MemoryLimits()
+        backend = MemoryLimits(pending_seconds=10)
         clock = [backend._now()]
         backend._now = lambda: clock[0]  # type: ignore[method-assign]
-        grants = []
-        for _ in range(5):
-            grants.append(await granted(backend, ask()))
-            await backend.settle(grants[-1], 10, 0)
+        for charged in (0, 0, 5, 0, 5):
+            await backend.settle(await granted(backend, ask()), 10, charged)
             clock[0] += 1000
         account = backend._accounts["acct"]
-        assert account.settled == {grant.ask.request_id for grant in grants}
-        clock[0] += SETTLED_MS - 5000 + 1500  # the first two are now older than two minutes
+        assert (account.leases, account.running, account.running_total) == ({}, {}, 0)
+        assert len(account.requests) == 5
+        assert [amount for _, amount in account.pending] == [5, 5]
+        clock[0] += WINDOW_MS - 5000 + 1500  # the first two admissions are a minute old
         await granted(backend, ask())
-        assert account.settled == {grant.ask.request_id for grant in grants[2:]}
-        assert [request_id for _, request_id in account.settled_order] == [
-            grant.ask.request_id for grant in grants[2:]
-        ]
+        assert len(account.requests) == 4
+        assert (len(account.pending), account.pending_total) == (0, 0)
 
     asyncio.run(scenario())
+
+
+@given(
+    gaps=st.lists(st.integers(0, 3), max_size=3 * COMPACT_AFTER),
+    cuts=st.lists(st.integers(0, 10_000), max_size=8),
+)
+@settings(max_examples=40, deadline=None)
+def test_a_time_log_forgets_exactly_the_times_through_each_cut(
+    gaps: list[int], cuts: list[int]
+) -> None:
+    """Whatever the cuts and however often the log compacts, it keeps the times after the
+    latest cut, in order."""
+    times = list(itertools.accumulate(gaps))
+    log = TimeLog()
+    for time_ms in times:
+        log.append(time_ms)
+    kept = times
+    for cut in sorted(cuts):
+        log.forget_through(cut)
+        kept = [time_ms for time_ms in kept if time_ms > cut]
+        assert len(log) == len(kept)
+        assert log.oldest() == (kept[0] if kept else None)
 
 
 def test_settle_after_the_lease_expired_still_corrects_tokens_once(backends: Backends) -> None:
