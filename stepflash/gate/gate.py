@@ -29,6 +29,11 @@ BYTES_PER_TOKEN_ESTIMATE = 3  # fewer bytes per token than any tokenizer we serv
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators the template adds per message
 
 
+def _utf8_length(text: str) -> int:
+    """Bytes in UTF-8, without encoding a copy when the text is ASCII (it knows it is)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def estimate_prompt_tokens(request: ChatRequest, media_part_tokens: int) -> int:
     """An upper estimate of the prompt, without tokenizing: the hold is corrected at
     settlement, so over-estimating only holds a little more for a moment."""
@@ -37,11 +42,13 @@ def estimate_prompt_tokens(request: ChatRequest, media_part_tokens: int) -> int:
     for message in request.messages:
         for part in message.parts:
             if isinstance(part, TextPart):
-                text_bytes += len(part.text.encode())
+                text_bytes += _utf8_length(part.text)
             else:
                 media_parts += 1
-        text_bytes += sum(len(call.arguments) + len(call.name) for call in message.tool_calls)
-        text_bytes += len((message.reasoning or "").encode())
+        if message.tool_calls:
+            text_bytes += sum(len(call.arguments) + len(call.name) for call in message.tool_calls)
+        if message.reasoning:
+            text_bytes += _utf8_length(message.reasoning)
     messages = len(request.messages) * MESSAGE_OVERHEAD_TOKENS
     return text_bytes // BYTES_PER_TOKEN_ESTIMATE + messages + media_parts * media_part_tokens
 

@@ -141,13 +141,20 @@ def test_each_request_is_billed_exactly_once_from_the_reported_usage(
     completion = raw.parse()
     assert completion.usage is not None and completion.usage.prompt_tokens == 812
     assert raw.headers["x-stepflash-cost"] == f"{COST / 1_000_000:.6f}"
-    streamed = client.chat.completions.create(
+    assert int(raw.headers["x-ratelimit-remaining-requests"]) >= 0
+    streamed_raw = client.chat.completions.with_raw_response.create(
         model="step-3.7-flash",
         messages=[{"role": "user", "content": "hi"}],
         stream=True,
         stream_options={"include_usage": True},
     )
-    ids = {completion.id, *(chunk.id for chunk in streamed)}
+    # A stream's headers leave before its usage is known: its limits, not yet its cost.
+    assert (
+        streamed_raw.headers["x-ratelimit-limit-requests"]
+        == raw.headers["x-ratelimit-limit-requests"]
+    )
+    assert "x-stepflash-cost" not in streamed_raw.headers
+    ids = {completion.id, *(chunk.id for chunk in streamed_raw.parse())}
     anthropic_client = anthropic.Anthropic(base_url=server.url, api_key=alice, max_retries=0)
     message = anthropic_client.messages.create(
         model="step-3.7-flash", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
