@@ -19,7 +19,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from hiredis import Reader, pack_command
@@ -33,9 +33,10 @@ TRIES = 2  # a call is sent at most this often: once, and once more on a fresh c
 
 @dataclass(slots=True)
 class _Call:
-    command: tuple[Any, ...]  # for a script: (script, keys, args); else the command itself
     future: asyncio.Future[Any]
-    script: str | None = None
+    script: str | None = None  # None for the connection's own commands (AUTH, SELECT)
+    keys: list[str] = field(default_factory=list)
+    args: list[Any] = field(default_factory=list)
     tries: int = 0
 
 
@@ -123,7 +124,7 @@ class ScriptPipeline:
         """Queue a call for this turn's batch; the future holds its reply."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Call((script, keys, args), future, script))
+        self._queue.append(_Call(future, script, keys, args))
         if len(self._queue) == 1:
             loop.call_soon(self._flush)
         return future
@@ -169,10 +170,9 @@ class ScriptPipeline:
             asyncio.get_running_loop().call_later(timeout, self._expire, wire, expected)
 
     def _pack(self, call: _Call) -> bytes:
-        if call.script is None:
-            return pack_command(call.command)
-        script, keys, args = call.command
-        return pack_command(("EVALSHA", self._shas[script], len(keys), *keys, *args))
+        assert call.script is not None
+        keys, args = call.keys, call.args
+        return pack_command(("EVALSHA", self._shas[call.script], len(keys), *keys, *args))
 
     @staticmethod
     def _expire(wire: _Wire, expected: int) -> None:
@@ -218,7 +218,7 @@ class ScriptPipeline:
                     )
                 for command in self._hello():
                     future: asyncio.Future[Any] = loop.create_future()
-                    wire.send([_Call(command, future, tries=TRIES)], pack_command(command))
+                    wire.send([_Call(future, tries=TRIES)], pack_command(command))
                     await future
         except BaseException:
             wire.abort()
