@@ -3,9 +3,8 @@
 Each operation is one Lua script, so it is atomic on the server; scripts are loaded once and run
 by EVALSHA. The operations that concurrent requests start in one turn of the event loop go to
 Redis together, in one pipeline (`stepflash.gate.redis_scripts`): one round trip and one
-wake-up for many requests. Scripts
-read the time with `redis.call('TIME')`, so replicas whose clocks
-disagree still agree on every lease, window and bucket. The rules are those of `MemoryLimits`
+wake-up for many requests. Scripts read the time with `redis.call('TIME')`, so replicas whose
+clocks disagree still agree on every lease, window and bucket. The rules are those of `MemoryLimits`
 (see `stepflash.gate.memory_limits`), whose constants the scripts receive as arguments.
 
 Keys, per account (the `{account}` hash tag keeps them in one cluster slot; account ids must not
