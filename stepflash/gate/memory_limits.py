@@ -34,7 +34,7 @@ import logging
 import time
 from array import array
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Set
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from stepflash.gate.limits import Ask, Grant, Refusal, RefusalReason
@@ -46,8 +46,6 @@ SETTLED_MS = 120_000  # how long Redis remembers a settled request id, making `s
 RETRY_MIN_MS = 50  # bounds of retry_after for concurrency refusals
 RETRY_MAX_MS = 1_000
 COMPACT_AFTER = 4096  # forgotten times a log keeps before it moves the rest to its front
-
-Running = Mapping[str, Set[str]]  # account -> ids of its requests this process is running
 
 
 class LeaseRenewal:
@@ -78,31 +76,6 @@ class LeaseRenewal:
                 await self._renew()
             except Exception:
                 log.exception("renewing leases failed; retrying in %gs", self._period)
-
-
-class RunningGrants:
-    """The requests this process admitted and has not settled: the leases it must renew in a
-    store that other replicas share."""
-
-    def __init__(self) -> None:
-        self._by_account: dict[str, set[str]] = {}
-
-    def add(self, ask: Ask) -> None:
-        ids = self._by_account.get(ask.account)
-        if ids is None:  # not setdefault: that would build a spare set every call
-            ids = self._by_account[ask.account] = set()
-        ids.add(ask.request_id)
-
-    def discard(self, ask: Ask) -> None:
-        ids = self._by_account.get(ask.account)
-        if ids is None:
-            return
-        ids.discard(ask.request_id)
-        if not ids:
-            del self._by_account[ask.account]
-
-    def snapshot(self) -> Running:
-        return {account: frozenset(ids) for account, ids in self._by_account.items()}
 
 
 def in_window(second: int, now: int) -> bool:

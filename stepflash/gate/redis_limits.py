@@ -26,6 +26,7 @@ so an idle account leaves nothing behind. Needs Redis 5 or later (scripts that w
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -37,7 +38,6 @@ from stepflash.gate.memory_limits import (
     SETTLED_MS,
     WINDOW_MS,
     LeaseRenewal,
-    RunningGrants,
 )
 from stepflash.gate.redis_scripts import ScriptPipeline
 
@@ -193,6 +193,34 @@ class _AccountKeys:
 
 
 _REFUSALS = list(RefusalReason)  # reply codes 1-4, in the order the checks run
+
+
+Running = Mapping[str, Set[str]]  # account -> ids of its requests this process is running
+
+
+class RunningGrants:
+    """The requests this process admitted and has not settled: the leases it must renew in a
+    store that other replicas share."""
+
+    def __init__(self) -> None:
+        self._by_account: dict[str, set[str]] = {}
+
+    def add(self, ask: Ask) -> None:
+        ids = self._by_account.get(ask.account)
+        if ids is None:  # not setdefault: that would build a spare set every call
+            ids = self._by_account[ask.account] = set()
+        ids.add(ask.request_id)
+
+    def discard(self, ask: Ask) -> None:
+        ids = self._by_account.get(ask.account)
+        if ids is None:
+            return
+        ids.discard(ask.request_id)
+        if not ids:
+            del self._by_account[ask.account]
+
+    def snapshot(self) -> Running:
+        return {account: frozenset(ids) for account, ids in self._by_account.items()}
 
 
 class RedisLimits:
